@@ -1,0 +1,59 @@
+"""The `clem-icd` command. Sub-commands live in one module per concern."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from clem_icd import __version__
+from clem_icd.cli import data as data_cli
+from clem_icd.cli import prepare as prepare_cli
+from clem_icd.errors import ClemError
+from clem_icd.progress import set_enabled
+
+app = typer.Typer(
+    name="clem-icd",
+    help="Automated ICD-10 coding of clinical notes (PLM-ICD with long-context encoders).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(prepare_cli.app, name="prepare")
+app.add_typer(data_cli.app, name="data")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"clem-icd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    set_enabled(not quiet)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit status 2; unexpected errors
+    print only their type (their message could quote note text) unless CLEM_ICD_DEBUG=1."""
+    try:
+        app()
+    except ClemError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("CLEM_ICD_DEBUG") == "1":
+            raise
+        print(f"internal error: {exc.__class__.__name__} (set CLEM_ICD_DEBUG=1 for details; "
+              "they may include note text)", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,14 @@
+"""ICD code systems: normalisation, validation and descriptions."""
+
+from clem_icd.codes.dictionary import CodeDictionary, CodeReport, is_known_icd10cm
+from clem_icd.codes.systems import CodeSystem, guess_icd10_system, normalize_code, system_for
+
+__all__ = [
+    "CodeDictionary",
+    "CodeReport",
+    "CodeSystem",
+    "guess_icd10_system",
+    "is_known_icd10cm",
+    "normalize_code",
+    "system_for",
+]

@@ -64,3 +64,59 @@ def mimic_iii(
     """MIMIC-III full or 50 (discharge summaries + addenda, ICD-9) as Edin et al. 2023."""
     recipe, dictionary = mimic_iii_recipe(mimic_iii, split_file, subset=subset, clean_text=clean_text)
     report(prepare_mimic(recipe, out, dictionary, overwrite=overwrite), out)
+
+
+@app.command("codiesp")
+def codiesp(
+    codiesp_dir: Path = typer.Option(..., "--codiesp-dir", help="CodiEsp folder in the official layout: "
+                                     "train/, dev/ and/or test/, each with text_files/, text_files_en/ and "
+                                     "{split}D.tsv, {split}P.tsv. dev becomes split 'val'; missing split "
+                                     "folders are skipped."),
+    out: Path = OUT,
+    language: str = typer.Option("en", "--language", help="'en' (text_files_en, machine translation) or "
+                                 "'es' (text_files, the Spanish originals)."),
+    tasks: str = typer.Option("D,P", "--tasks", help="Which codes to use: D (ICD-10-CM diagnoses), P "
+                              "(ICD-10-PCS procedures) or D,P. Target order: P codes, then D codes."),
+    pcs_table: Path | None = typer.Option(None, "--pcs-table", help="Optional d_icd_procedures table "
+                                          "(MIMIC-IV layout: icd_code, icd_version, long_title) for PCS "
+                                          "descriptions and checks. CM descriptions come from simple-icd-10-cm."),
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """CodiEsp (CLEF eHealth 2020, CC BY 4.0): clinical case reports with ICD-10-CM / ICD-10-PCS codes."""
+    from clem_icd.data.codiesp import prepare_codiesp
+
+    report(prepare_codiesp(codiesp_dir, out, language=language, tasks=tasks, pcs_table=pcs_table,
+                           overwrite=overwrite), out)
+
+
+@app.command("custom")
+def custom(
+    input_file: Path = typer.Option(..., "--input", "-i", help="Table of notes: .csv, .tsv, .jsonl/.ndjson or "
+                               ".parquet. Rows with the same id and text are merged (long format)."),
+    out: Path = OUT,
+    id_column: str = typer.Option("id", "--id-column", help="Column with the document id."),
+    text_column: str = typer.Option("text", "--text-column", help="Column with the note text."),
+    codes_column: str = typer.Option("codes", "--codes-column", help="Column with the codes: a list of "
+                                     "strings or one string separated by --code-separator; empty = no codes."),
+    split_column: str | None = typer.Option(None, "--split-column", help="Column with train/val/test "
+                                            "(dev, validation = val). Default: 'split' when the file has it; "
+                                            "otherwise an 80/10/10 split is made by iterative multi-label "
+                                            "stratification with --seed."),
+    code_separator: str = typer.Option(";", "--code-separator", help="Separator of codes within a string."),
+    code_system: str = typer.Option("auto", "--code-system", help="auto (ICD-10-CM or ICD-10-PCS told apart "
+                                    "per code by its shape), icd10cm, icd10pcs, icd9cm or icd9pcs."),
+    seed: int = typer.Option(42, "--seed", help="Seed of the stratified split (used without a split column)."),
+    d_icd_diagnoses: Path | None = typer.Option(None, "--d-icd-diagnoses", help="Optional d_icd_diagnoses "
+                                                "table (MIMIC-IV layout) for descriptions and checks."),
+    d_icd_procedures: Path | None = typer.Option(None, "--d-icd-procedures", help="Optional "
+                                                 "d_icd_procedures table (MIMIC-IV layout) for PCS / ICD-9 "
+                                                 "procedure descriptions and checks."),
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Your own notes with codes (CSV, TSV, JSONL or Parquet)."""
+    from clem_icd.data.custom import Columns, prepare_custom
+
+    columns = Columns(id=id_column, text=text_column, codes=codes_column, split=split_column)
+    report(prepare_custom(input_file, out, columns=columns, code_separator=code_separator, code_system=code_system,
+                          seed=seed, d_icd_diagnoses=d_icd_diagnoses, d_icd_procedures=d_icd_procedures,
+                          overwrite=overwrite), out)

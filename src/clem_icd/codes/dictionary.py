@@ -14,15 +14,21 @@ from functools import lru_cache
 from pathlib import Path
 
 import polars as pl
-import simple_icd_10_cm as icd10cm
 
 from clem_icd.codes.systems import CodeSystem, normalize_code, system_for
 from clem_icd.errors import ClemError
 
 
+def _icd10cm():
+    # Imported on first use: the package parses the whole tabular list (~2 s) at import.
+    import simple_icd_10_cm
+
+    return simple_icd_10_cm
+
+
 @lru_cache(maxsize=None)
 def is_known_icd10cm(code: str) -> bool:
-    return icd10cm.is_valid_item(code)
+    return _icd10cm().is_valid_item(code)
 
 
 def _read_mimic_dictionary(path: Path, is_diagnosis: bool) -> dict[tuple[CodeSystem, str], str]:
@@ -80,7 +86,7 @@ class CodeDictionary:
 
     def describe(self, code: str, system: CodeSystem) -> str | None:
         if system is CodeSystem.ICD10CM and is_known_icd10cm(code):
-            return icd10cm.get_description(code)
+            return _icd10cm().get_description(code)
         return self.tables.get((system, code))
 
     def is_known(self, code: str, system: CodeSystem) -> bool:

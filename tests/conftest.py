@@ -1,0 +1,55 @@
+"""Shared fixtures. Real open data is read in place from ../shared/data (never copied here)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _require(path: Path) -> Path:
+    if path.exists():
+        return path
+    reason = f"{path} is absent (the open data lives in ../shared/data beside the repository)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"under CI=true the shared data must be present: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data; skips with a reason when absent, fails under CI=true."""
+    return _require(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def mimic_iv_demo(shared_data) -> Path:
+    return _require(shared_data / "mimic-iv-demo-2.2")
+
+
+@pytest.fixture(scope="session")
+def codiesp_dir(shared_data) -> Path:
+    return _require(shared_data / "codiesp")
+
+
+@pytest.fixture(scope="session")
+def splits_dir(shared_data) -> Path:
+    return _require(shared_data / "splits")
+
+
+def run_cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    """Run `clem-icd ARGS` in a fresh interpreter, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-c", "from clem_icd.cli import main; main()", "--quiet", *map(str, args)],
+        capture_output=True, text=True, input=input, timeout=600,
+    )
+
+
+@pytest.fixture
+def cli():
+    return run_cli

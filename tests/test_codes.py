@@ -74,3 +74,14 @@ def test_code_report_counts_unknown():
     assert manifest["unknown"] == [{"code": "Z99.999", "system": "icd10cm", "documents": 2}]
     assert manifest["unchecked_systems"] == ["icd10pcs"]  # no PCS table loaded
     assert "Z99.999 (2)" in report.summary()
+
+
+def test_pcs_prefix_descriptions(mimic_iv_demo):
+    """CodiEsp uses 4-character PCS prefixes: described by the words all their codes share."""
+    dictionary = CodeDictionary.from_mimic_hosp(mimic_iv_demo / "hosp")
+    titles = [t for (s, c), t in dictionary.tables.items() if s is CodeSystem.ICD10PCS and c.startswith("0DT6")]
+    assert len(titles) > 1
+    described = dictionary.describe("0DT6", CodeSystem.ICD10PCS)
+    assert described == "Resection of Stomach"
+    assert all(t.startswith(described) for t in titles)
+    assert dictionary.describe("ZZZZ", CodeSystem.ICD10PCS) is None

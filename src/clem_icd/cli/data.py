@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from clem_icd.atomic import write_json_atomic
 
 app = typer.Typer(help="Inspect prepared datasets.", no_args_is_help=True)
 
@@ -64,7 +63,8 @@ def render(result: dict, console: Console) -> None:
     console.print(table)
 
     rare = result["rare_codes"]
-    freq = Table(title=f"Training documents per code ({rare['codes']:,} codes)", title_justify="left")
+    freq = Table(title=f"Training documents per code ({rare['codes']:,} codes)",
+                 title_justify="left")
     for name, justify in (("", "left"), ("codes", "right"), ("share", "right")):
         freq.add_column(name, justify=justify)
     for key, value in rare.items():
@@ -73,33 +73,17 @@ def render(result: dict, console: Console) -> None:
             freq.add_row(key.replace("_", " "), f"{value['count']:,}", share)
     console.print(freq)
 
-    unseen = {name: b["codes_not_in_train"] for name, b in columns.items() if "codes_not_in_train" in b}
+    unseen = {name: b["codes_not_in_train"] for name, b in columns.items()
+              if "codes_not_in_train" in b}
     if any(u["count"] for u in unseen.values()):
         table = Table(title="Codes not in train", title_justify="left")
-        for name, justify in (("split", "left"), ("count", "right"), (f"codes (first {SHOWN_UNSEEN})", "left")):
-            table.add_column(name, justify=justify)
+        table.add_column("split")
+        table.add_column("count", justify="right")
+        table.add_column(f"codes (first {SHOWN_UNSEEN})")
         for name, u in unseen.items():
             more = f" … (+{u['count'] - SHOWN_UNSEEN:,})" if u["count"] > SHOWN_UNSEEN else ""
             table.add_row(name, f"{u['count']:,}", ", ".join(u["codes"][:SHOWN_UNSEEN]) + more)
         console.print(table)
-
-
-def write_json_atomic(data: dict, path: Path) -> None:
-    """Temp file in the same folder, then os.replace: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes it private; a stats file is ordinary output
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fmt(value) -> str:

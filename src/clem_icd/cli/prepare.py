@@ -11,7 +11,7 @@ from clem_icd.data.mimic import mimic_iii_recipe, mimic_iv_recipe, prepare_mimic
 
 app = typer.Typer(help="Prepare a dataset folder (documents.parquet, codes.tsv, manifest.json).",
                   no_args_is_help=True)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 OUT = typer.Option(..., "--out", "-o", help="Output folder; written atomically (temp folder, then rename).")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output folder.")
@@ -117,6 +117,7 @@ def custom(
     from clem_icd.data.custom import Columns, prepare_custom
 
     columns = Columns(id=id_column, text=text_column, codes=codes_column, split=split_column)
-    report(prepare_custom(input_file, out, columns=columns, code_separator=code_separator, code_system=code_system,
-                          seed=seed, d_icd_diagnoses=d_icd_diagnoses, d_icd_procedures=d_icd_procedures,
-                          overwrite=overwrite), out)
+    manifest = prepare_custom(input_file, out, columns=columns, code_separator=code_separator,
+                              code_system=code_system, seed=seed, d_icd_diagnoses=d_icd_diagnoses,
+                              d_icd_procedures=d_icd_procedures, overwrite=overwrite)
+    report(manifest, out)

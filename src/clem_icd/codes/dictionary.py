@@ -57,7 +57,7 @@ class CodeDictionary:
 
     tables: dict[tuple[CodeSystem, str], str] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
-    _prefixes: frozenset[str] | None = field(default=None, repr=False)
+    _prefixes: dict[str, str] | None = field(default=None, repr=False)
 
     @classmethod
     def from_files(
@@ -87,6 +87,8 @@ class CodeDictionary:
     def describe(self, code: str, system: CodeSystem) -> str | None:
         if system is CodeSystem.ICD10CM and is_known_icd10cm(code):
             return _icd10cm().get_description(code)
+        if system is CodeSystem.ICD10PCS and len(code) < 7:
+            return self._pcs_prefixes().get(code) or None
         return self.tables.get((system, code))
 
     def is_known(self, code: str, system: CodeSystem) -> bool:
@@ -100,11 +102,26 @@ class CodeDictionary:
             return code in self._pcs_prefixes()
         return False
 
-    def _pcs_prefixes(self) -> frozenset[str]:
+    def _pcs_prefixes(self) -> dict[str, str]:
+        """PCS prefix (3-6 characters, as CodiEsp uses) → the words that the titles of all full
+        codes under it start with, e.g. 'Plain Radiography of Chest' or 'Introduction of'.
+        PCS titles are not built per character, so this is a readable hint, not a definition."""
         if self._prefixes is None:
-            self._prefixes = frozenset(
-                c[:n] for s, c in self.tables if s is CodeSystem.ICD10PCS for n in range(3, 7)
-            )
+            common: dict[str, list[str]] = {}
+            for (system, code), title in self.tables.items():
+                if system is not CodeSystem.ICD10PCS:
+                    continue
+                words = title.split()
+                for n in range(3, 7):
+                    known = common.get(code[:n])
+                    if known is None:
+                        common[code[:n]] = words
+                    else:
+                        k = 0
+                        while k < min(len(known), len(words)) and known[k] == words[k]:
+                            k += 1
+                        common[code[:n]] = known[:k]
+            self._prefixes = {p: " ".join(w).rstrip(" ,;:") for p, w in common.items()}
         return self._prefixes
 
     def can_check(self, system: CodeSystem) -> bool:

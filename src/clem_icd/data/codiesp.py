@@ -23,6 +23,7 @@ from pathlib import Path
 
 from clem_icd.codes import CodeDictionary, CodeSystem, normalize_code
 from clem_icd.data.dataset import DatasetWriter, input_record
+from clem_icd.data.io import decode_utf8
 from clem_icd.errors import ClemError, where
 
 SPLIT_FOLDERS = {"train": "train", "dev": "val", "test": "test"}
@@ -54,15 +55,6 @@ def parse_tasks(tasks: str | Sequence[str]) -> list[str]:
     return [task for task in TASKS if task in wanted]
 
 
-def decode_utf8(path: Path, data: bytes) -> str:
-    """Strict UTF-8; the error names the 1-based line of the first invalid byte."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ClemError(f"{where(path)}, line {line}: not valid UTF-8 text") from None
-
-
 def read_texts(text_dir: Path) -> tuple[dict[str, str], str]:
     """id → text for every *.txt file, and one sha256 over the sorted file names and bytes."""
     digest = hashlib.sha256()
@@ -83,7 +75,8 @@ def read_texts(text_dir: Path) -> tuple[dict[str, str], str]:
 def read_code_rows(path: Path) -> list[tuple[int, str, str]]:
     """(1-based line, id, raw code) for each non-blank line of an id<TAB>code file."""
     rows = []
-    for number, line in enumerate(decode_utf8(path, path.read_bytes()).splitlines(), start=1):
+    for number, line in enumerate(decode_utf8(path, path.read_bytes()).split("\n"), start=1):
+        line = line.rstrip("\r")
         if not line.strip():
             continue
         fields = [part.strip() for part in line.split("\t")]
@@ -178,7 +171,7 @@ def prepare_codiesp(codiesp_dir: Path, out: Path, *, language: str = "en",
                 "source": "codiesp",
                 "options": {"language": language, "tasks": task_list,
                             "target_order": "P codes, then D codes"},
-                "inputs": [*_inputs(splits, language), *([input_record(Path(pcs_table))] if pcs_table else [])],
+                "inputs": _inputs(splits, language) + ([input_record(Path(pcs_table))] if pcs_table else []),
                 "counts": {
                     "text_files": {p.split: len(p.texts) for p in splits},
                     "code_rows": {p.split: p.code_rows for p in splits},

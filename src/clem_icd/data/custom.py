@@ -10,9 +10,11 @@ Columns (names configurable): id, text, codes, and optionally split.
 - split: train / val / test (dev, valid, validation are read as val). Without a split column, a
   split is made by iterative multi-label stratification with a fixed seed (see `split.py`).
 
-Everything is read into memory: custom sets are expected to be up to some 100k notes.
-Messages name the file, the row (1-based data row: the header is not counted; for JSONL the
-line) and the field, never the note text.
+CSV and TSV are read with the usual quoting rules (a field with the separator, a quote or a
+newline is quoted, as pandas and polars write it), every column as a string so that ids like
+007 keep their zeros. Everything is read into memory: custom sets are expected to have up to
+some 100k notes. Messages name the file, the row (1-based data row: the header is not counted;
+for JSONL the line) and the field, never the note text.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from pathlib import Path
 import polars as pl
 
 from clem_icd.codes import CodeDictionary, CodeSystem, guess_icd10_system, normalize_code
-from clem_icd.data.codiesp import decode_utf8
 from clem_icd.data.dataset import DatasetWriter, canonical_split, input_record
+from clem_icd.data.io import decode_utf8, require_columns
 from clem_icd.data.split import SPLIT_METHOD, stratified_split
 from clem_icd.errors import ClemError, where
 
@@ -61,16 +63,6 @@ def show(value: str) -> str:
 
 
 # ---------------------------------------------------------------- reading the file into rows
-
-
-def require_columns(path: Path, present: list[str], required: list[str]) -> None:
-    """Like io.require_columns, but lists the found names only when they look like names: a
-    file without a header row has note text where the names should be."""
-    missing = [c for c in required if c not in present]
-    if not missing:
-        return
-    names = ", ".join(present) if all(len(p) <= 40 for p in present) else "no header row?"
-    raise ClemError(f"{path}: missing column(s) {', '.join(missing)} (found: {names or 'none'})")
 
 
 def read_rows(path: Path, columns: Columns) -> tuple[list[tuple[int, tuple]], str | None]:
@@ -108,7 +100,6 @@ def _read_table(path: Path, kind: str) -> pl.DataFrame:
             return pl.read_parquet(path)
         data = path.read_bytes()
         decode_utf8(path, data)  # polars would replace or reject bad bytes without a line number
-        # All columns as strings: ids like 007 keep their zeros.
         return pl.read_csv(io.BytesIO(data), separator="\t" if kind == "tsv" else ",",
                            infer_schema_length=0)
     except ClemError:
@@ -274,7 +265,8 @@ def prepare_custom(path: Path, out: Path, *, columns: Columns | None = None, cod
                     **split_options,
                 },
                 "inputs": [input_record(p) for p in (path, d_icd_diagnoses, d_icd_procedures) if p],
-                "counts": {"rows": len(ids) + reader.merged_rows, "rows_merged_into_earlier_rows": reader.merged_rows},
+                "counts": {"rows": len(ids) + reader.merged_rows,
+                           "rows_merged_into_earlier_rows": reader.merged_rows},
             },
         )
     return manifest | {"_report": writer.report}

@@ -7,6 +7,7 @@ passed on. Only the file, the row and the column are named.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import pyarrow.csv as pacsv
 
 from clem_icd.errors import ClemError, where
 
-NOTE_BLOCK_BYTES = 32 << 20  # pyarrow CSV block: must exceed the longest single record
+NOTE_BLOCK_BYTES = 8 << 20  # pyarrow CSV block: must exceed the longest record; memory grows with it
 
 
 def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
@@ -45,11 +46,25 @@ def csv_columns(path: Path) -> list[str]:
 
 
 def require_columns(path: Path, present: list[str], required: list[str]) -> None:
+    """Names only found columns that resemble a missing one: in a file without a header row,
+    the "column names" are the first row's note text."""
     missing = [c for c in required if c not in present]
-    if missing:
-        raise ClemError(
-            f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(present) or 'none'})"
-        )
+    if not missing:
+        return
+    close = [m for c in missing for m in difflib.get_close_matches(c, present, n=1, cutoff=0.75)]
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ClemError(f"{path}: missing column(s) {', '.join(missing)} "
+                    f"(the file has {len(present)} column(s){hint})")
+
+
+def decode_utf8(path: Path, data: bytes) -> str:
+    """Strict UTF-8 (a leading byte-order mark is dropped); the error names the 1-based line of
+    the first invalid byte."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ClemError(f"{where(path)}, line {line}: not valid UTF-8 text") from None
 
 
 def read_csv_strings(path: Path, columns: list[str]) -> pl.DataFrame:
@@ -100,6 +115,9 @@ def stream_csv_records(path: Path, columns: list[str], source=None) -> Iterator[
         for batch in reader:
             yield batch
     except (pa.ArrowInvalid, OSError, EOFError) as exc:
+        if "straddl" in str(exc):  # one record is longer than a block
+            raise ClemError(f"{path}: a record is longer than {NOTE_BLOCK_BYTES >> 20} MB, or a quote "
+                            "is never closed") from None
         raise ClemError(f"{path}: malformed or truncated CSV ({exc.__class__.__name__})") from None
 
 

@@ -37,7 +37,8 @@ def dataset_stats(path: Path | str, tokenizer: str | None = None, batch_size: in
         n_words=pl.col("text").str.count_matches(r"\S+"),
     )
     if tokenizer is not None:
-        lengths = lengths.with_columns(n_tokens=pl.Series(token_lengths(docs["text"], tokenizer, batch_size)))
+        tokens = token_lengths(docs["text"], tokenizer, batch_size)
+        lengths = lengths.with_columns(n_tokens=pl.Series(tokens))
 
     # One row per (document, code); `unique` guards against a code listed twice in a document.
     pairs = (docs.select("row", "split", code=pl.col("codes")).explode("code")
@@ -67,8 +68,9 @@ def token_lengths(texts: pl.Series, name_or_path: str, batch_size: int = 1024) -
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as exc:
-        raise ClemError(f"tokenizer '{name_or_path}' could not be loaded ({exc.__class__.__name__}); "
-                        "give a local folder or a model name available offline") from None
+        raise ClemError(f"tokenizer '{name_or_path}' could not be loaded "
+                        f"({exc.__class__.__name__}); give a local folder or a model name "
+                        "available offline") from None
     out = np.zeros(len(texts), dtype=np.int64)
     with progress_bar("tokenizing", len(texts)) as update:
         for start in range(0, len(texts), batch_size):
@@ -84,14 +86,14 @@ def token_lengths(texts: pl.Series, name_or_path: str, batch_size: int = 1024) -
 def _block(lengths: pl.DataFrame, pairs: pl.DataFrame, systems: dict[str, str],
            train_codes: set[str] | None) -> dict:
     codes = pairs["code"].unique()
-    by_system = (pl.DataFrame({"code": codes})
-                 .with_columns(system=pl.col("code").replace_strict(systems, default=UNKNOWN_SYSTEM))
-                 .group_by("system").len().sort("system"))
+    system = pl.col("code").replace_strict(systems, default=UNKNOWN_SYSTEM)
+    by_system = pl.DataFrame({"code": codes}).group_by(system=system).len().sort("system")
     labels = lengths["n_labels"].to_numpy()
     block = {
         "documents": lengths.height,
         "documents_without_codes": int((labels == 0).sum()),
-        "codes": {"total": len(codes), "by_system": dict(zip(by_system["system"], by_system["len"]))},
+        "codes": {"total": len(codes),
+                  "by_system": dict(zip(by_system["system"], by_system["len"]))},
         "labels_per_document": {
             "mean": _num(labels, np.mean), "median": _num(labels, np.median),
             "min": _num(labels, np.min), "max": _num(labels, np.max)},
@@ -115,11 +117,13 @@ def _rare(pairs: pl.DataFrame, listed: set[str]) -> dict:
     all_codes = listed | set(pairs["code"])
     train_docs = pairs.filter(pl.col("split") == "train").group_by("code").len()
     counts = dict(zip(train_docs["code"], train_docs["len"]))
-    freq = np.array([counts.get(c, 0) for c in all_codes], dtype=np.int64)  # per code, not per document
+    # A loop over codes (thousands), not over documents.
+    freq = np.array([counts.get(c, 0) for c in all_codes], dtype=np.int64)
     out: dict = {"codes": len(all_codes)}
     for k in RARE_THRESHOLDS:
         n = int((freq < k).sum())
-        out[f"fewer_than_{k}_train_documents"] = {"count": n, "share": n / len(freq) if len(freq) else None}
+        share = n / len(freq) if len(freq) else None
+        out[f"fewer_than_{k}_train_documents"] = {"count": n, "share": share}
     return out
 
 

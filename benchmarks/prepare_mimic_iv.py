@@ -14,7 +14,6 @@ and prints wall time and peak RSS of both and their ratio. Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import gzip
 import random
 import resource

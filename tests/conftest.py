@@ -53,3 +53,20 @@ def run_cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def run(capsys, monkeypatch):
+    """`clem-icd ARGS` through the real entry point `main()`, in this process →
+    (exit status, stdout, stderr). Cheaper than `cli` (a fresh interpreter costs 0.5-2 s), so
+    used for the many bad-input cases; each suite keeps one case through `cli`."""
+    from clem_icd.cli import main
+
+    def _run(*args) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["clem-icd", "--quiet", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        out, err = capsys.readouterr()
+        return exit_info.value.code, out, err
+
+    return _run

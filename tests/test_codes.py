@@ -6,7 +6,13 @@ from collections import Counter
 
 import pytest
 
-from clem_icd.codes import CodeDictionary, CodeReport, CodeSystem, guess_icd10_system, normalize_code
+from clem_icd.codes import (
+    CodeDictionary,
+    CodeReport,
+    CodeSystem,
+    guess_icd10_system,
+    normalize_code,
+)
 
 
 @pytest.mark.parametrize("raw,system,expected", [

@@ -4,13 +4,11 @@ constructed folders for every kind of bad input."""
 from __future__ import annotations
 
 import csv
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-from clem_icd.cli import main
 from clem_icd.data.codiesp import prepare_codiesp
 from clem_icd.data.dataset import PreparedDataset
 
@@ -20,18 +18,6 @@ SPLITS = {"train": "train", "dev": "val"}
 # ---------------------------------------------------------------- helpers
 
 
-@pytest.fixture
-def run(capsys, monkeypatch):
-    """`clem-icd ARGS` through the real entry point `main()`, in this process →
-    (exit status, stdout, stderr). A fresh interpreter per case would cost 0.5-2 s each;
-    `test_bad_input_in_a_fresh_interpreter` checks the same contract with one."""
-    def _run(*args) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["clem-icd", "--quiet", *map(str, args)])
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-        out, err = capsys.readouterr()
-        return exit_info.value.code, out, err
-    return _run
 
 
 def tsv_codes(path: Path) -> dict[str, set[str]]:

@@ -4,14 +4,12 @@ stratified split, and every kind of bad input through the CLI (one line, no note
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from clem_icd.cli import main
 from clem_icd.data.custom import Columns, prepare_custom
 from clem_icd.data.dataset import PreparedDataset
 
@@ -35,18 +33,6 @@ EXPECTED = {
 # ---------------------------------------------------------------- helpers
 
 
-@pytest.fixture
-def run(capsys, monkeypatch):
-    """`clem-icd ARGS` through the real entry point `main()`, in this process →
-    (exit status, stdout, stderr). A fresh interpreter per case would cost 0.5-2 s each;
-    `test_bad_input_in_a_fresh_interpreter` checks the same contract with one."""
-    def _run(*args) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["clem-icd", "--quiet", *map(str, args)])
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-        out, err = capsys.readouterr()
-        return exit_info.value.code, out, err
-    return _run
 
 
 def frame(docs=DOCS, *, codes_as_lists: bool = False, separator: str = ";") -> pl.DataFrame:

@@ -4,8 +4,6 @@ with a space, no frequency filter for full, the Mullenbach 50 codes for 50)."""
 
 from __future__ import annotations
 
-import csv
-import gzip
 from collections import defaultdict
 from pathlib import Path
 
@@ -13,7 +11,6 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.feather as feather
 import pytest
-
 from mimic_fixture import SECRET, read_gz_csv, ref_format, write_gz_csv
 
 NOTE_HEADER = ["ROW_ID", "SUBJECT_ID", "HADM_ID", "CHARTDATE", "CHARTTIME", "STORETIME", "CATEGORY",

@@ -11,7 +11,6 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.feather as feather
 import pytest
-
 from mimic_fixture import SECRET, build_mimic_iv, reference_mimic_iv, write_gz_csv
 
 
@@ -216,6 +215,7 @@ def test_non_integer_hadm_id(broken, splits_dir, tmp_path, cli):
 
 def test_non_utf8_note_names_record(broken, splits_dir, tmp_path, cli):
     import gzip
+
     from mimic_fixture import NOTE_COLUMNS
     body = ",".join(NOTE_COLUMNS).encode() + b"\n"
     body += b'1-DS-1,1,20093566,DS,1,,,"fine ' + SECRET.encode() + b'"\n'

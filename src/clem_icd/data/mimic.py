@@ -36,9 +36,14 @@ import pyarrow as pa
 import pyarrow.feather as pafeather
 
 from clem_icd.codes import CodeDictionary, CodeSystem, normalize_code, system_for
-from clem_icd.data.dataset import SPLITS, DatasetWriter, canonical_split, input_record
-from clem_icd.data.io import (decode_utf8_column, find_table, parse_int_column,
-                              read_csv_strings, stream_csv_records)
+from clem_icd.data.dataset import DatasetWriter, canonical_split, input_record
+from clem_icd.data.io import (
+    decode_utf8_column,
+    find_table,
+    parse_int_column,
+    read_csv_strings,
+    stream_csv_records,
+)
 from clem_icd.data.text import clean_text_series
 from clem_icd.errors import ClemError, where
 from clem_icd.progress import progress_bar

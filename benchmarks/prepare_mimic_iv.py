@@ -9,6 +9,7 @@ about --note-chars characters, then runs, each in its own process:
 and prints wall time and peak RSS of both and their ratio. Usage:
 
     python benchmarks/prepare_mimic_iv.py --admissions 20000 --note-chars 12000
+    python benchmarks/prepare_mimic_iv.py --demo   # the test fixture: demo tables + planted cases
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ import pyarrow as pa
 import pyarrow.feather as feather
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from mimic_fixture import NOTE_COLUMNS, WORDS, read_gz_csv, write_gz_csv  # noqa: E402
+from mimic_fixture import NOTE_COLUMNS, WORDS, build_mimic_iv, read_gz_csv, write_gz_csv  # noqa: E402
 
-DEMO = Path(__file__).resolve().parents[2] / "shared" / "data" / "mimic-iv-demo-2.2"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEMO = SHARED / "mimic-iv-demo-2.2"
 
 
 def build(root: Path, admissions: int, note_chars: int, seed: int = 0) -> Path:
@@ -81,10 +83,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--admissions", type=int, default=20_000)
     parser.add_argument("--note-chars", type=int, default=12_000)
+    parser.add_argument("--demo", action="store_true", help="the test fixture instead of a scaled one")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        split_file = build(root, args.admissions, args.note_chars)
+        if args.demo:
+            build_mimic_iv(DEMO, root)
+            split_file = SHARED / "splits" / "mimiciv_icd10_split.feather"
+            args.admissions = len(read_gz_csv(DEMO / "hosp" / "admissions.csv.gz"))
+        else:
+            split_file = build(root, args.admissions, args.note_chars)
         notes = root / "note" / "discharge.csv.gz"
         with gzip.open(notes, "rb") as handle:
             raw_mb = sum(len(b) for b in iter(lambda: handle.read(1 << 24), b"")) / 1e6

@@ -1,0 +1,328 @@
+"""TF-IDF + one-vs-rest logistic regression: the classical baseline for ICD coding.
+
+Features: word 1-2 grams, lower-cased, sublinear tf (1 + log tf), idf, L2-normalised rows,
+terms in at least `min_df` documents, the `max_features` most frequent kept.
+Classifier: one L2-regularised logistic regression per code (liblinear), fitted in parallel
+threads (liblinear releases the GIL, and threads share the feature matrix instead of copying it).
+A code without a positive training document, or positive in all of them, has nothing to learn:
+it gets a constant score (logit -20 or +20) instead of a model.
+
+A saved model is a folder that is safe to load (no pickle):
+    config.json         model_type "tfidf", codes, descriptions, threshold, hyperparameters
+    vectorizer.json     the vocabulary (terms in feature order) and their idf values
+    model.safetensors   weight (fitted codes x features, float32), bias (codes), fitted_index
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from joblib import Parallel, delayed
+from scipy.special import expit
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+
+from clem_icd import __version__
+from clem_icd.errors import ClemError
+
+MODEL_TYPE = "tfidf"
+CONFIG_FILE, VECTORIZER_FILE, WEIGHTS_FILE = "config.json", "vectorizer.json", "model.safetensors"
+# Logit of a code that was never (or always) positive in training: sigmoid(-20) ~ 2e-9.
+CONSTANT_LOGIT = 20.0
+# C = 10 (weak regularisation): most codes are rare, and with a stronger penalty (C = 1) the
+# probability of a code seen in a handful of notes rarely gets near any useful threshold.
+# Chosen on the synthetic corpus and CodiEsp dev (see the report in the module tests).
+DEFAULT_CONFIG = {
+    "C": 10.0,
+    "max_features": 100_000,
+    "min_df": 2,
+    "ngram_range": [1, 2],
+    "sublinear_tf": True,
+    "lowercase": True,
+    "max_iter": 100,
+    "tol": 1e-4,
+}
+PREDICT_BATCH = 2048  # documents per matrix product: bounds memory at batch x codes floats
+
+
+def _merge_config(config: Mapping | None) -> dict:
+    merged = dict(DEFAULT_CONFIG)
+    unknown = set(config or {}) - set(DEFAULT_CONFIG)
+    if unknown:
+        raise ClemError(f"unknown TF-IDF option(s) {', '.join(sorted(unknown))}; "
+                        f"known: {', '.join(DEFAULT_CONFIG)}")
+    merged.update(config or {})
+    merged["ngram_range"] = [int(n) for n in merged["ngram_range"]]
+    return merged
+
+
+def _vectorizer(config: dict, vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:
+    return TfidfVectorizer(
+        lowercase=config["lowercase"], ngram_range=tuple(config["ngram_range"]),
+        min_df=config["min_df"], max_features=config["max_features"],
+        sublinear_tf=config["sublinear_tf"], vocabulary=vocabulary, dtype=np.float32,
+    )
+
+
+def _fit_code(x, positives: np.ndarray, config: dict) -> tuple[np.ndarray, float]:
+    """Weights and intercept of one code's logistic regression."""
+    y = np.zeros(x.shape[0], dtype=np.int8)
+    y[positives] = 1
+    model = LogisticRegression(C=config["C"], solver="liblinear", max_iter=config["max_iter"],
+                               tol=config["tol"], random_state=0)
+    model.fit(x, y)
+    return model.coef_[0], float(model.intercept_[0])
+
+
+def _descriptions_list(codes: list[str], descriptions) -> list[str] | None:
+    if descriptions is None:
+        return None
+    if isinstance(descriptions, Mapping):
+        return [str(descriptions.get(code) or "") for code in codes]
+    descriptions = [str(d or "") for d in descriptions]
+    if len(descriptions) != len(codes):
+        raise ClemError(f"{len(descriptions)} descriptions for {len(codes)} codes")
+    return descriptions
+
+
+def _positive_rows(labels: Sequence[Sequence[str]], codes: list[str]) -> list[list[int]]:
+    """For each code (in `codes` order), the documents that have it."""
+    column = {code: j for j, code in enumerate(codes)}
+    rows: list[list[int]] = [[] for _ in codes]
+    for i, doc_codes in enumerate(labels):
+        if isinstance(doc_codes, str):
+            raise ClemError(f"labels of document {i} must be a list of codes, not a string")
+        for code in set(doc_codes):
+            if code not in column:
+                raise ClemError(f"labels of document {i}: code '{code}' is not in the code list")
+            rows[column[code]].append(i)
+    return rows
+
+
+class TfidfCoder:
+    """Scores notes for every code of `codes`; see the module docstring."""
+
+    def __init__(self, *, codes: list[str], config: dict, vocabulary: list[str], idf: np.ndarray,
+                 weight: np.ndarray, bias: np.ndarray, fitted_index: np.ndarray,
+                 threshold: float = 0.5, descriptions: list[str] | None = None):
+        self.codes = list(codes)
+        self.config = config
+        self.threshold = float(threshold)
+        self.descriptions = descriptions
+        self.weight = weight  # (fitted codes, features), float32
+        self.bias = bias  # (codes,), float32: constant logits included
+        self.fitted_index = fitted_index  # column in `codes` of each row of `weight`
+        self.vocabulary = list(vocabulary)
+        self._vectorizer = _vectorizer(config, {term: i for i, term in enumerate(self.vocabulary)})
+        self._vectorizer.idf_ = np.asarray(idf, dtype=np.float64)
+
+    def __repr__(self) -> str:
+        return (f"TfidfCoder(codes={len(self.codes)}, features={len(self.vocabulary)}, "
+                f"fitted={len(self.fitted_index)}, threshold={self.threshold:g})")
+
+    # ---- training ---------------------------------------------------------------------------
+
+    @classmethod
+    def fit(cls, texts: list[str], labels: list[list[str]], codes: list[str], *,
+            descriptions=None, config: dict | None = None, n_jobs: int | None = None) -> "TfidfCoder":
+        """Fit on `texts` with their `labels`; `codes` fixes the label order of the scores.
+        `n_jobs` threads fit codes in parallel (default: all available CPUs)."""
+        config = _merge_config(config)
+        codes = list(codes)
+        if len(set(codes)) != len(codes):
+            raise ClemError("the code list has duplicates")
+        if not codes:
+            raise ClemError("the code list is empty")
+        if len(texts) != len(labels):
+            raise ClemError(f"{len(texts)} texts but {len(labels)} label lists")
+        if not texts:
+            raise ClemError("no training documents")
+        positives = _positive_rows(labels, codes)
+
+        vectorizer = _vectorizer(config)
+        try:
+            features = vectorizer.fit_transform(texts)
+        except ValueError as exc:  # e.g. no term left after min_df; the message has no text
+            raise ClemError(f"cannot build TF-IDF features: {exc}") from None
+        x = features.astype(np.float64)  # liblinear works in float64; avoids a copy per code
+
+        n_docs = len(texts)
+        bias = np.empty(len(codes), dtype=np.float32)
+        learnable = []
+        for j, rows in enumerate(positives):
+            if not rows:
+                bias[j] = -CONSTANT_LOGIT
+            elif len(rows) == n_docs:
+                bias[j] = CONSTANT_LOGIT
+            else:
+                learnable.append(j)
+        weight = np.zeros((len(learnable), x.shape[1]), dtype=np.float32)
+
+        def fit_row(row: int, j: int) -> None:
+            coef, intercept = _fit_code(x, np.asarray(positives[j]), config)
+            weight[row] = coef  # each thread writes its own row
+            bias[j] = intercept
+
+        workers = n_jobs or len(os.sched_getaffinity(0))
+        Parallel(n_jobs=workers, prefer="threads")(
+            delayed(fit_row)(row, j) for row, j in enumerate(learnable))
+
+        vocabulary = vectorizer.get_feature_names_out().tolist()
+        return cls(codes=codes, config=config, vocabulary=vocabulary, idf=vectorizer.idf_,
+                   weight=weight, bias=bias, fitted_index=np.asarray(learnable, dtype=np.int64),
+                   descriptions=_descriptions_list(codes, descriptions))
+
+    # ---- scoring ----------------------------------------------------------------------------
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """Probabilities (len(texts), len(codes)), float32, columns in the order of `codes`."""
+        if isinstance(texts, str):
+            raise TypeError("predict_proba takes a list of texts, not one string")
+        out = np.empty((len(texts), len(self.codes)), dtype=np.float32)
+        weight_t = self.weight.T
+        for start in range(0, len(texts), PREDICT_BATCH):
+            batch = list(texts[start:start + PREDICT_BATCH])
+            logits = np.broadcast_to(self.bias, (len(batch), len(self.codes))).copy()
+            if len(self.fitted_index):
+                features = self._vectorizer.transform(batch)
+                logits[:, self.fitted_index] += np.asarray(features @ weight_t, dtype=np.float32)
+            out[start:start + len(batch)] = expit(logits)
+        return out
+
+    def predict(self, texts: list[str]) -> list[list[str]]:
+        """The codes scored above `threshold` for each text, best first."""
+        probabilities = self.predict_proba(texts)
+        result = []
+        for row in probabilities:
+            chosen = np.flatnonzero(row > self.threshold)
+            result.append([self.codes[j] for j in chosen[np.argsort(-row[chosen], kind="stable")]])
+        return result
+
+    # ---- saving and loading -----------------------------------------------------------------
+
+    def save_pretrained(self, path: Path | str) -> Path:
+        """Write the model folder atomically. An existing folder is replaced only when it is
+        empty or holds a TF-IDF model, so that nothing else is ever deleted."""
+        from safetensors.numpy import save_file
+
+        path = Path(path)
+        _check_replaceable(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            config = {
+                "model_type": MODEL_TYPE,
+                "clem_icd_version": __version__,
+                "codes": self.codes,
+                "descriptions": self.descriptions,
+                "threshold": self.threshold,
+                "hyperparameters": self.config,
+                "n_features": len(self.vocabulary),
+                "n_fitted_codes": int(len(self.fitted_index)),
+                "constant_logit": CONSTANT_LOGIT,
+            }
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+            idf = self._vectorizer.idf_.tolist()  # float repr round-trips exactly in JSON
+            (tmp / VECTORIZER_FILE).write_text(
+                json.dumps({"terms": self.vocabulary, "idf": idf}, ensure_ascii=False) + "\n")
+            save_file({"weight": np.ascontiguousarray(self.weight, dtype=np.float32),
+                       "bias": np.ascontiguousarray(self.bias, dtype=np.float32),
+                       "fitted_index": np.ascontiguousarray(self.fitted_index, dtype=np.int64)},
+                      str(tmp / WEIGHTS_FILE), metadata={"format": "np", "model_type": MODEL_TYPE})
+            os.chmod(tmp, 0o755)
+            _publish(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: Path | str) -> "TfidfCoder":
+        """Load a folder written by `save_pretrained`; a missing or damaged folder raises
+        ClemError naming the folder and what is wrong."""
+        path = Path(path)
+        try:
+            return cls._load(path)
+        except ClemError:
+            raise
+        except Exception as exc:  # a damaged file: name it, without a traceback
+            raise ClemError(f"{path}: not a readable TF-IDF model folder "
+                            f"({exc.__class__.__name__}: {str(exc)[:200]})") from None
+
+    @classmethod
+    def _load(cls, path: Path) -> "TfidfCoder":
+        from safetensors.numpy import load_file
+
+        if not path.is_dir():
+            raise ClemError(f"{path}: model folder not found")
+        for name in (CONFIG_FILE, VECTORIZER_FILE, WEIGHTS_FILE):
+            if not (path / name).is_file():
+                raise ClemError(f"{path / name}: not found (is {path} a TF-IDF model folder?)")
+        config = _read_json(path / CONFIG_FILE)
+        if config.get("model_type") != MODEL_TYPE:
+            raise ClemError(f"{path / CONFIG_FILE}: model_type is {config.get('model_type')!r}, "
+                            f"expected '{MODEL_TYPE}'")
+        codes = config["codes"]
+        vectorizer = _read_json(path / VECTORIZER_FILE)
+        terms, idf = vectorizer["terms"], np.asarray(vectorizer["idf"], dtype=np.float64)
+        tensors = load_file(str(path / WEIGHTS_FILE))
+        weight, bias, fitted = tensors["weight"], tensors["bias"], tensors["fitted_index"]
+        problems = []
+        if len(terms) != len(idf) or len(set(terms)) != len(terms):
+            problems.append("vocabulary and idf do not match")
+        if bias.shape != (len(codes),):
+            problems.append(f"bias has shape {bias.shape}, expected ({len(codes)},)")
+        if weight.shape != (len(fitted), len(terms)):
+            problems.append(f"weight has shape {weight.shape}, expected ({len(fitted)}, {len(terms)})")
+        if len(fitted) and (fitted.min() < 0 or fitted.max() >= len(codes)
+                            or len(np.unique(fitted)) != len(fitted)):
+            problems.append("fitted_index does not index the code list")
+        if problems:
+            raise ClemError(f"{path}: damaged TF-IDF model ({'; '.join(problems)})")
+        return cls(codes=codes, config=_merge_config(config["hyperparameters"]), vocabulary=terms,
+                   idf=idf, weight=weight, bias=bias, fitted_index=fitted,
+                   threshold=config.get("threshold", 0.5), descriptions=config.get("descriptions"))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ClemError(f"{path}: not valid JSON ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise ClemError(f"{path}: expected a JSON object")
+    return data
+
+
+def _check_replaceable(path: Path) -> None:
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ClemError(f"{path}: exists and is not a folder")
+    if not any(path.iterdir()):
+        return
+    config = path / CONFIG_FILE
+    try:
+        is_tfidf = json.loads(config.read_text()).get("model_type") == MODEL_TYPE
+    except Exception:
+        is_tfidf = False
+    if not is_tfidf:
+        raise ClemError(f"{path}: folder exists and is not a TF-IDF model; choose another path")
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Rename the finished folder into place; an old model is moved aside first and removed
+    only once the new one is there."""
+    if path.exists():
+        backup = path.with_name(f".{path.name}.old-{os.getpid()}")
+        path.rename(backup)
+        tmp.rename(path)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        tmp.rename(path)

@@ -1,0 +1,237 @@
+"""ICDCoder: a Hugging Face encoder read in chunks, plus a label-wise attention head.
+
+The note is tokenised once and truncated at `max_length`. The encoder sees the token sequence
+in chunks of `chunk_size` (PLM-ICD: 128 for RoBERTa; CLEM-ICD's default for ModernBERT is one
+chunk of 8,192), chunks that hold only padding are skipped, and the chunk states are
+concatenated back into one sequence for the head.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from clem_icd.errors import ClemError
+from clem_icd.model.config import ICDCoderConfig
+from clem_icd.model.heads import HEADS
+
+
+def _build_encoder(config: ICDCoderConfig, pretrained: bool) -> nn.Module:
+    from transformers import AutoConfig, AutoModel
+
+    kwargs = {"attn_implementation": config.attn_implementation} if config.attn_implementation else {}
+    if pretrained:
+        try:
+            return AutoModel.from_pretrained(config.encoder, add_pooling_layer=False, **kwargs)
+        except TypeError:  # encoders without a pooler do not take add_pooling_layer
+            return AutoModel.from_pretrained(config.encoder, **kwargs)
+        except OSError as exc:
+            raise ClemError(f"encoder '{config.encoder}' could not be loaded: {exc}".splitlines()[0]) from None
+    encoder_config = dict(config.encoder_config)
+    model_type = encoder_config.pop("model_type")
+    hf_config = AutoConfig.for_model(model_type, **encoder_config)
+    try:
+        return AutoModel.from_config(hf_config, add_pooling_layer=False, **kwargs)
+    except TypeError:
+        return AutoModel.from_config(hf_config, **kwargs)
+
+
+class ICDCoder(nn.Module):
+    def __init__(self, config: ICDCoderConfig, encoder: nn.Module, tokenizer):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        positions = getattr(encoder.config, "max_position_embeddings", None)
+        if positions is not None and config.chunk_size > positions:
+            raise ClemError(f"chunk_size {config.chunk_size} exceeds the {positions} positions of "
+                            f"encoder '{config.encoder}': use chunk_size <= {positions}")
+        self.head = HEADS[config.head](encoder.config.hidden_size, len(config.codes), config.attention_dim)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_encoder(cls, encoder: str, codes: list[str], *, tokenizer: str | None = None,
+                     encoder_config: dict | None = None, **options) -> "ICDCoder":
+        """A new coder on a pretrained encoder (hub id or folder), or on a randomly initialised
+        one when `encoder_config` (a HF config dict with `model_type`) is given."""
+        from transformers import AutoTokenizer
+
+        config = ICDCoderConfig(encoder=encoder, codes=list(codes), encoder_config=encoder_config or {}, **options)
+        model = _build_encoder(config, pretrained=encoder_config is None)
+        # Through JSON, so the stored config equals what a saved folder reads back.
+        config.encoder_config = json.loads(model.config.to_json_string(use_diff=False))
+        try:
+            tok = AutoTokenizer.from_pretrained(tokenizer or encoder)
+        except OSError as exc:
+            raise ClemError(f"tokenizer '{tokenizer or encoder}' could not be loaded: {exc}".splitlines()[0]) from None
+        coder = cls(config, model, tok)
+        if config.label_query_init == "description":
+            coder.init_label_queries_from_descriptions()
+        return coder
+
+    @torch.no_grad()
+    def init_label_queries_from_descriptions(self, batch_size: int = 64) -> None:
+        """Mean-pooled encoder states of each code's description (the code itself when it has
+        none) as the head's label queries."""
+        texts = [d or c for c, d in zip(self.config.codes, self.config.descriptions or [""] * len(self.config.codes))]
+        was_training = self.training
+        self.eval()
+        pooled = []
+        for start in range(0, len(texts), batch_size):
+            batch = self.tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
+                                   max_length=min(64, self.config.chunk_size), return_tensors="pt")
+            batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+            states = self.encoder(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
+            pooled.append((states * mask).sum(1) / mask.sum(1).clamp_min(1))
+        self.head.init_from_label_embeddings(torch.cat(pooled).float())
+        self.train(was_training)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def codes(self) -> list[str]:
+        return self.config.codes
+
+    @property
+    def threshold(self) -> float:
+        return self.config.threshold
+
+    # ------------------------------------------------------------------ forward
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token states (batch, tokens', hidden) of the chunked encoder; tokens' is tokens
+        rounded up to a multiple of chunk_size, the extra positions are padding."""
+        batch, length = input_ids.shape
+        size = self.config.chunk_size
+        chunks = math.ceil(length / size)
+        pad = chunks * size - length
+        if pad:
+            input_ids = nn.functional.pad(input_ids, (0, pad), value=self.tokenizer.pad_token_id or 0)
+            attention_mask = nn.functional.pad(attention_mask, (0, pad), value=0)
+        ids = input_ids.reshape(batch * chunks, size)
+        mask = attention_mask.reshape(batch * chunks, size)
+        used = mask.any(dim=1).nonzero().squeeze(1)  # chunks of pure padding are never encoded
+        states = self.encoder(input_ids=ids[used], attention_mask=mask[used]).last_hidden_state
+        hidden = states.new_zeros(batch * chunks, size, states.shape[-1]).index_copy(0, used, states)
+        return hidden.reshape(batch, chunks * size, -1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                return_attention: bool = False):
+        hidden = self.encode(input_ids, attention_mask)
+        mask = attention_mask.bool()
+        if hidden.shape[1] != mask.shape[1]:
+            mask = nn.functional.pad(mask, (0, hidden.shape[1] - mask.shape[1]), value=False)
+        logits, attention = self.head(hidden, mask)
+        return (logits, attention) if return_attention else logits
+
+    # ------------------------------------------------------------------ inference
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(list(texts), truncation=True, max_length=self.config.max_length,
+                              return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+    @torch.inference_mode()
+    def predict_proba(self, texts: list[str], batch_size: int = 8) -> np.ndarray:
+        """Probabilities (len(texts), len(codes)) in the order of `codes`. Notes are batched by
+        length (little padding) and returned in input order."""
+        was_training = self.training
+        self.eval()
+        ids = self.tokenize(texts)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out = np.zeros((len(ids), len(self.codes)), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            input_ids, mask = pad_batch([ids[i] for i in rows], self.tokenizer.pad_token_id or 0)
+            logits = self(input_ids.to(self.device), mask.to(self.device))
+            out[rows] = torch.sigmoid(logits).float().cpu().numpy()
+        self.train(was_training)
+        return out
+
+    def predict(self, texts: list[str], threshold: float | None = None, top_k: int | None = None,
+                batch_size: int = 8) -> list[list[dict]]:
+        """Per text, the codes scored above the threshold (the tuned one by default), best
+        first, with system, description and probability; `top_k` caps the list."""
+        threshold = self.threshold if threshold is None else threshold
+        probabilities = self.predict_proba(texts, batch_size=batch_size)
+        systems = self.config.code_systems or [""] * len(self.codes)
+        descriptions = self.config.descriptions or [""] * len(self.codes)
+        results = []
+        for row in probabilities:
+            chosen = [j for j in np.argsort(-row, kind="stable") if row[j] > threshold][:top_k]
+            results.append([{"code": self.codes[j], "system": systems[j], "description": descriptions[j],
+                             "probability": float(row[j])} for j in chosen])
+        return results
+
+    # ------------------------------------------------------------------ persistence
+
+    def save_pretrained(self, path: Path | str, metrics: dict | None = None) -> None:
+        """A folder: config.json, model.safetensors, tokenizer files, metrics.json and a model
+        card. Written to a temporary sibling, then renamed into place."""
+        from safetensors.torch import save_model
+
+        from clem_icd.model.card import write_model_card
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            self.config.save(tmp / "config.json")
+            save_model(self, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            self.tokenizer.save_pretrained(tmp)
+            if metrics is not None:
+                from clem_icd.atomic import write_json_atomic
+
+                write_json_atomic(metrics, tmp / "metrics.json")
+            write_model_card(tmp / "README.md", self.config, metrics)
+            os.chmod(tmp, 0o755)
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                path.rename(old)
+                tmp.rename(path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def from_pretrained(cls, path: Path | str, device: str | torch.device | None = None) -> "ICDCoder":
+        """Load a saved coder; needs no network (the encoder is rebuilt from its stored config)."""
+        from safetensors.torch import load_model
+        from transformers import AutoTokenizer
+
+        path = Path(path)
+        for name in ("config.json", "model.safetensors"):
+            if not (path / name).is_file():
+                raise ClemError(f"{path / name}: not found (is {path} a trained CLEM-ICD model?)")
+        config = ICDCoderConfig.load(path / "config.json")
+        coder = cls(config, _build_encoder(config, pretrained=False), AutoTokenizer.from_pretrained(path))
+        try:
+            load_model(coder, str(path / "model.safetensors"), strict=True, device=str(device or "cpu"))
+        except (RuntimeError, OSError) as exc:
+            raise ClemError(f"{path / 'model.safetensors'}: weights do not fit the config ({exc.__class__.__name__})") from None
+        return coder.to(device or "cpu").eval()
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id lists to the longest; returns (input_ids, attention_mask)."""
+    longest = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids, mask

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from model_fixtures import minilm_path, tiny_bert, tiny_modernbert
 
 from clem_icd.errors import ClemError
 from clem_icd.model import ICDCoder
 from clem_icd.model.coder import pad_batch
 from clem_icd.model.heads import masked_softmax
-from model_fixtures import minilm_path, tiny_bert, tiny_modernbert
 
 CODES = ["I10", "E11.9", "J18.9", "N17.9", "0DT70ZZ"]
 DESCRIPTIONS = ["Essential hypertension", "Type 2 diabetes mellitus without complications",

@@ -5,10 +5,15 @@ from __future__ import annotations
 import os
 import sys
 
+# Library chatter (weight-loading reports, hub progress bars) is not for our users' terminals.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
 import typer
 
 from clem_icd import __version__
 from clem_icd.cli import data as data_cli
+from clem_icd.cli import model as model_cli
 from clem_icd.cli import prepare as prepare_cli
 from clem_icd.errors import ClemError
 from clem_icd.progress import set_enabled
@@ -23,6 +28,9 @@ app = typer.Typer(
 )
 app.add_typer(prepare_cli.app, name="prepare")
 app.add_typer(data_cli.app, name="data")
+app.command("train")(model_cli.train)
+app.command("evaluate")(model_cli.evaluate)
+app.command("demo")(model_cli.demo)
 
 
 def _version(value: bool) -> None:
@@ -57,3 +65,7 @@ def main() -> None:
         print(f"internal error: {exc.__class__.__name__} (set CLEM_ICD_DEBUG=1 for details; "
               "they may include note text)", file=sys.stderr)
         sys.exit(1)
+
+
+if __name__ == "__main__":  # `python -m clem_icd.cli` (e.g. under `accelerate launch -m`)
+    main()

@@ -16,6 +16,7 @@ drawn from one seeded generator: the same seed gives the same documents, byte fo
 from __future__ import annotations
 
 from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,13 @@ def synthetic_note(codes: list[str], rng: np.random.Generator, *,
     return text + "\n", sorted(spans)
 
 
+def _package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def _zipf_weights(n: int, exponent: float = 1.0) -> np.ndarray:
     weights = 1.0 / np.arange(1, n + 1) ** exponent
     return weights / weights.sum()
@@ -214,6 +222,7 @@ def make_synthetic_dataset(out: Path, *, n_documents: int = 600, n_codes: int = 
                 "description": SYNTHETIC_STATEMENT,
                 "options": {"n_documents": n_documents, "n_codes": n_codes, "seed": seed,
                             "split_fractions": SPLIT_FRACTIONS, "code_frequency": "zipf, exponent 1"},
+                "versions": {"simple-icd-10-cm": _package_version("simple-icd-10-cm")},
                 "inputs": [],
             },
         )

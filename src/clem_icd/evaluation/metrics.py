@@ -11,7 +11,10 @@ What is scored (their MetricCollection with split code indices):
   document without codes, so the two agree there. We drop them for every metric.)
 
 Conventions, each as in Edin's code unless said otherwise:
-- prediction = score > threshold (strict): a score equal to the threshold is negative.
+- prediction = score > threshold (strict): a score equal to the threshold is negative. Values
+  are compared exactly (a float32 score as its exact value against the float64 threshold; Edin
+  compares float32 with float32, which differs only for a score within float32 rounding of the
+  threshold).
 - 0/0 is 0 (Edin adds 1e-10 to every denominator; we divide exactly and map 0/0 to 0, which
   differs from theirs by < 1e-10). After filtering, macro recall and macro F1 never meet 0/0 (every
   scored code has a positive); macro precision does for codes never predicted (counted as 0, as
@@ -31,10 +34,13 @@ Conventions, each as in Edin's code unless said otherwise:
   without positives are already filtered out). Tied scores count half (sklearn's trapezoidal
   ROC AUC, as Edin uses). NaN when no code / cell can be scored.
 - Threshold tuning: Edin's f1_score_db_tuning evaluates micro F1 at torch.linspace(0, 1, 100)
-  and takes the first argmax. We use the same 100 values (np.linspace(0, 1, 100), in float64
-  where theirs are float32: they differ by < 3e-9). Edin passes the *unfiltered* validation
-  matrix (all label-space codes and documents count false positives); the project's protocol
-  (DESIGN.md) filters as above. `tune_threshold(..., filtered=False)` reproduces Edin's variant.
+  and takes the first argmax (torch.argmax returns the first maximum). We use the same 100
+  values (np.linspace(0, 1, 100), in float64 where theirs are float32: they differ by < 3e-9)
+  and np.argmax, which also returns the first, i.e. the lowest threshold among ties. Edin passes
+  the *unfiltered* validation matrix (codes of the label space absent from validation, and
+  documents without codes, add false positives); the project's protocol (DESIGN.md) filters as
+  above. `tune_threshold(..., filtered=False)` reproduces Edin's variant.
+- Edin accumulates counts in float32 tensors; we count in integers, so large splits are exact.
 """
 
 from __future__ import annotations
@@ -56,6 +62,10 @@ METRIC_KEYS = (
     "map", "precision@recall", "auc_micro", "auc_macro", "documents", "codes",
 )
 _CHUNK_CELLS = 1 << 24  # bound on temporary matrices in the tie-breaking step
+# Cells sorted at a time when counting over the pooled matrix: small blocks sort fastest, but
+# each block costs a binary search per value, so many values (micro AUC) want larger blocks.
+_BLOCK_CELLS_FEW, _BLOCK_CELLS_MANY = 1 << 21, 1 << 24
+_TRANSPOSE_ROWS = 512  # rows copied at a time by _transposed
 
 
 # ---------------------------------------------------------------- input and filtering
@@ -99,6 +109,15 @@ def _filter(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.nda
         docs = np.flatnonzero(keep_docs)
         scores, targets = scores.take(docs, axis=0), targets.take(docs, axis=0)
     return scores, targets
+
+
+def _transposed(matrix: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of matrix.T. Copying blocks of rows is several times faster than
+    np.ascontiguousarray(matrix.T), whose strided reads miss the cache at MIMIC scale."""
+    out = np.empty(matrix.shape[::-1], dtype=matrix.dtype)
+    for start in range(0, matrix.shape[0], _TRANSPOSE_ROWS):
+        out[:, start : start + _TRANSPOSE_ROWS] = matrix[start : start + _TRANSPOSE_ROWS].T
+    return out
 
 
 def _ratio(numerator, denominator) -> np.ndarray:
@@ -147,13 +166,17 @@ def _tied_before(scores: np.ndarray, rows, cols, values) -> np.ndarray:
     return out
 
 
-def positive_ranks(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row, rank) of every positive cell, ranking each row by score, best first (rank 1).
+def positions(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the positive cells, row by row (np.nonzero, faster on large matrices)."""
+    return np.divmod(np.flatnonzero(targets), targets.shape[1])
+
+
+def positive_ranks(scores: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The rank of each given cell within its row, ranking the row by score, best first (1).
 
     Ties are broken by column order (a stable descending sort). Rather than argsort every row
-    (slow), sort the values only and locate each positive by binary search; the few positives
-    that tie with another entry get their exact place by a direct count."""
-    rows, cols = np.nonzero(targets)
+    (slow), sort the values only and locate each cell by binary search; the few cells that tie
+    with another entry of their row get their exact place by a direct count."""
     values = scores[rows, cols]
     sorted_rows = np.sort(scores, axis=1)
     below = _search_rows(sorted_rows, rows, values, "left")
@@ -162,7 +185,7 @@ def positive_ranks(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray,
     tied = np.flatnonzero(not_above - below > 1)
     if len(tied):
         rank[tied] += _tied_before(scores, rows[tied], cols[tied], values[tied])
-    return rows, rank
+    return rank
 
 
 def average_precision(rows: np.ndarray, ranks: np.ndarray, n_rows: int) -> np.ndarray:
@@ -185,6 +208,20 @@ def _midrank_sums(sorted_rows, rows, values, n_groups: int) -> np.ndarray:
     return np.bincount(rows, weights=midrank, minlength=n_groups)
 
 
+def _count_pooled(scores: np.ndarray, values: np.ndarray, sides=("left", "right")):
+    """Over all cells of `scores`: how many are < each value and how many are <= it
+    (np.searchsorted on the pooled, sorted cells). Sorting blocks of rows and adding the counts
+    is several times faster than one sort of the whole matrix, and needs a block of memory."""
+    counts = {side: np.zeros(len(values), dtype=np.int64) for side in ("left", "right")}
+    block_cells = _BLOCK_CELLS_FEW if len(values) < 10_000 else _BLOCK_CELLS_MANY
+    rows = max(1, block_cells // max(1, scores.shape[1]))
+    for start in range(0, scores.shape[0], rows):
+        block = np.sort(scores[start : start + rows], axis=None)
+        for side in sides:
+            counts[side] += np.searchsorted(block, values, side=side)
+    return counts["left"], counts["right"]
+
+
 def _auc_from_ranks(rank_sum, n_pos, n_neg) -> np.ndarray:
     """ROC AUC = (rank sum of positives - P(P+1)/2) / (P N); NaN where P N = 0."""
     n_pos = np.asarray(n_pos, dtype=np.float64)
@@ -196,17 +233,25 @@ def _auc_from_ranks(rank_sum, n_pos, n_neg) -> np.ndarray:
 # ---------------------------------------------------------------- metric groups
 
 
+def _predict(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """score > threshold, compared exactly. A Python float against a float32 array would be
+    rounded to float32 first (NumPy 2), so float32(0.37) would not count as > 0.37; a float64
+    scalar compares the exact values, as the searchsorted counts of tune_threshold do."""
+    return scores > np.float64(threshold)
+
+
 def _classification_metrics(scores, targets, threshold: float) -> dict[str, float]:
-    predicted = scores > threshold
+    predicted = _predict(scores, threshold)
+    hit = predicted & targets
     n_docs = scores.shape[0]
-    tp = np.count_nonzero(predicted & targets, axis=0)
+    tp = np.count_nonzero(hit, axis=0)
     pred = np.count_nonzero(predicted, axis=0)
     pos = np.count_nonzero(targets, axis=0)
     fp, fn = pred - tp, pos - tp
     tn = n_docs - pos - fp
     # A document is an exact match when it predicts exactly its positives.
     doc_pred = np.count_nonzero(predicted, axis=1)
-    doc_tp = np.count_nonzero(predicted & targets, axis=1)
+    doc_tp = np.count_nonzero(hit, axis=1)
     doc_pos = np.count_nonzero(targets, axis=1)
     exact = (doc_pred == doc_pos) & (doc_tp == doc_pos)
     return {
@@ -224,7 +269,8 @@ def _classification_metrics(scores, targets, threshold: float) -> dict[str, floa
 
 def _ranking_metrics(scores, targets) -> dict[str, float]:
     n_docs = scores.shape[0]
-    rows, rank = positive_ranks(scores, targets)
+    rows, cols = positions(targets)
+    rank = positive_ranks(scores, rows, cols)
     n_pos = np.bincount(rows, minlength=n_docs)
 
     def hits_within(limit) -> np.ndarray:  # per document: positives ranked <= limit
@@ -239,16 +285,17 @@ def _ranking_metrics(scores, targets) -> dict[str, float]:
 
 
 def _auc_metrics(scores, targets) -> dict[str, float]:
-    values = scores[targets]
-    n_pos_all = len(values)
-    pooled = np.sort(scores, axis=None)[None, :]
-    micro_sum = _midrank_sums(pooled, np.zeros(n_pos_all, np.int64), values, 1)
-    micro = _auc_from_ranks(micro_sum, n_pos_all, scores.size - n_pos_all)[0]
+    docs, codes = positions(targets)
+    values = scores[docs, codes]
+    below, not_above = _count_pooled(scores, np.sort(values))
+    midrank = below + (not_above - below + 1) / 2.0  # among all scored cells, ties averaged
+    micro = _auc_from_ranks(midrank.sum(), len(values), scores.size - len(values))
 
-    # Macro: the same per code, on the columns (transposed so each code is one sorted row).
-    by_code = np.sort(np.ascontiguousarray(scores.T), axis=1)
-    codes, docs = np.nonzero(targets.T)
-    rank_sum = _midrank_sums(by_code, codes, scores[docs, codes], scores.shape[1])
+    # Macro: the same per code, on the columns (transposed so each code is one sorted row;
+    # sorted in place to spare a second copy of the matrix).
+    by_code = _transposed(scores)
+    by_code.sort(axis=1)
+    rank_sum = _midrank_sums(by_code, codes, values, scores.shape[1])
     n_pos = np.bincount(codes, minlength=scores.shape[1])
     per_code = _auc_from_ranks(rank_sum, n_pos, scores.shape[0] - n_pos)
     scored = ~np.isnan(per_code)  # skips codes without negatives
@@ -275,26 +322,29 @@ def compute_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float) -
 def micro_f1_at(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """Micro F1 at each threshold (prediction = score > t), without a pass per threshold.
 
-    F1 = tp / (tp + (fp + fn)/2) = 2 tp / (predicted + positives). Both counts come from sorted
-    values: #scores > t = n - searchsorted(sorted, t, 'right'), exact for strict '>'."""
+    F1 = tp / (tp + (fp + fn)/2) = 2 tp / (predicted + positives), and both counts are
+    "how many scores are > t" = n - (how many are <= t), read off sorted values: exact for '>'."""
     thresholds = np.asarray(thresholds, dtype=np.float64)
     positives = np.sort(scores[targets])
-    n_pos = len(positives)
-    tp = n_pos - np.searchsorted(positives, thresholds, side="right")
-    predicted = scores.size - np.searchsorted(np.sort(scores, axis=None), thresholds, side="right")
-    return _ratio(2 * tp, predicted + n_pos)
+    tp = len(positives) - np.searchsorted(positives, thresholds, side="right")
+    _, not_above = _count_pooled(scores, thresholds, sides=("right",))
+    predicted = scores.size - not_above
+    return _ratio(2 * tp, predicted + len(positives))
 
 
 def tune_threshold(
     val_scores: np.ndarray,
     val_targets: np.ndarray,
     *,
-    filtered: bool = True,
+    filtered: bool = False,
     grid: np.ndarray = THRESHOLD_GRID,
 ) -> float:
     """The grid value with the best validation micro F1; ties go to the first (lowest) one.
 
-    `filtered=False` scores all codes and documents, as Edin's f1_score_db_tuning does."""
+    By default all codes and documents of val count, exactly as Edin et al.'s
+    f1_score_db_tuning does (a code absent from val still costs its false positives, which
+    is the right pressure for a threshold used on unseen data); `filtered=True` applies the
+    scoring filter of compute_metrics first."""
     scores, targets = _as_arrays(val_scores, val_targets)
     if filtered:
         scores, targets = _filter(scores, targets)
@@ -325,14 +375,17 @@ def per_code_table(
     if descriptions is not None and len(descriptions) != n_codes:
         raise ValueError(f"{len(descriptions)} descriptions for {n_codes} codes")
     keep_docs, _ = split_mask(targets)
-    scores, targets = scores[keep_docs], targets[keep_docs]
+    if not keep_docs.all():
+        scores, targets = scores[keep_docs], targets[keep_docs]
 
-    predicted = scores > threshold
+    predicted = _predict(scores, threshold)
     tp = np.count_nonzero(predicted & targets, axis=0)
     pred = np.count_nonzero(predicted, axis=0)
     support = np.count_nonzero(targets, axis=0)
-    docs, ranks = positive_ranks(np.ascontiguousarray(scores.T), np.ascontiguousarray(targets.T))
-    ap = average_precision(docs, ranks, n_codes)
+    # AP per code: rank the documents within each code's column (a row of the transpose).
+    docs, code_index = positions(targets)
+    ranks = positive_ranks(_transposed(scores), code_index, docs)
+    ap = average_precision(code_index, ranks, n_codes)
 
     scored = support > 0
 

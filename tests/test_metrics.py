@@ -401,3 +401,10 @@ def test_blockwise_counting_gives_the_same_numbers(monkeypatch):
     assert compute_metrics(scores, targets, 0.5) == expected[0]
     assert tune_threshold(scores, targets) == expected[1]
     assert per_code_table(scores, targets, 0.5, codes).equals(table)
+
+
+def test_short_import_path_is_the_same_protocol():
+    import clem_icd.metrics as short
+    from clem_icd.evaluation import metrics as full
+
+    assert short.compute_metrics is full.compute_metrics and short.tune_threshold is full.tune_threshold

@@ -7,12 +7,12 @@ import json
 
 import numpy as np
 import pytest
+from model_fixtures import minilm_path, tiny_bert
 
 from clem_icd.data.synthetic import make_synthetic_dataset
 from clem_icd.errors import ClemError
 from clem_icd.training.config import load_train_config
 from clem_icd.training.data import LengthGroupedBatches
-from model_fixtures import minilm_path, tiny_bert
 
 
 @pytest.fixture(scope="module")

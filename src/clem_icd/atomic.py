@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -26,3 +29,31 @@ def write_text_atomic(text: str, path: Path | str) -> None:
 
 def write_json_atomic(data: dict, path: Path | str) -> None:
     write_text_atomic(json.dumps(data, indent=2) + "\n", path)
+
+
+def publish_folder(tmp: Path, path: Path) -> None:
+    """Move a finished temporary folder into place. An existing folder is moved aside first
+    and removed only once the new one is there."""
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; this is ordinary output
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(path)
+
+
+@contextmanager
+def atomic_folder(path: Path | str) -> Iterator[Path]:
+    """Yields a temporary sibling of `path` to fill; on success it replaces `path`, on error it
+    is removed and `path` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        publish_folder(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,6 +32,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from clem_icd import __version__
+from clem_icd.atomic import atomic_folder
 from clem_icd.errors import ClemError
 
 MODEL_TYPE = "tfidf"
@@ -242,9 +241,7 @@ class TfidfCoder:
 
         path = Path(path)
         _check_replaceable(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_folder(path) as tmp:
             config = {
                 "model_type": MODEL_TYPE,
                 "clem_icd_version": __version__,
@@ -265,11 +262,6 @@ class TfidfCoder:
                        "bias": np.ascontiguousarray(self.bias, dtype=np.float32),
                        "fitted_index": np.ascontiguousarray(self.fitted_index, dtype=np.int64)},
                       str(tmp / WEIGHTS_FILE), metadata={"format": "np", "model_type": MODEL_TYPE})
-            os.chmod(tmp, 0o755)
-            _publish(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     @classmethod
@@ -346,13 +338,3 @@ def _check_replaceable(path: Path) -> None:
         raise ClemError(f"{path}: folder exists and is not a TF-IDF model; choose another path")
 
 
-def _publish(tmp: Path, path: Path) -> None:
-    """Rename the finished folder into place; an old model is moved aside first and removed
-    only once the new one is there."""
-    if path.exists():
-        backup = path.with_name(f".{path.name}.old-{os.getpid()}")
-        path.rename(backup)
-        tmp.rename(path)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        tmp.rename(path)

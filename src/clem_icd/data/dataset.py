@@ -11,7 +11,6 @@ interrupted preparation never leaves a half-written dataset behind.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections import Counter
@@ -24,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clem_icd import __version__
+from clem_icd.atomic import publish_folder
 from clem_icd.codes import CodeDictionary, CodeReport, CodeSystem
 from clem_icd.errors import ClemError
 
@@ -140,14 +140,7 @@ class DatasetWriter:
         return manifest
 
     def _publish(self) -> None:
-        os.chmod(self._tmp, 0o755)
-        if self.out.exists():
-            backup = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
-            self.out.rename(backup)
-            self._tmp.rename(self.out)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            self._tmp.rename(self.out)
+        publish_folder(self._tmp, self.out)
         self._tmp = None
 
 

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -198,31 +195,16 @@ class ICDCoder(nn.Module):
         card. Written to a temporary sibling, then renamed into place."""
         from safetensors.torch import save_model
 
+        from clem_icd.atomic import atomic_folder, write_json_atomic
         from clem_icd.model.card import write_model_card
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_folder(path) as tmp:
             self.config.save(tmp / "config.json")
             save_model(self, str(tmp / "model.safetensors"), metadata={"format": "pt"})
             self.tokenizer.save_pretrained(tmp)
             if metrics is not None:
-                from clem_icd.atomic import write_json_atomic
-
                 write_json_atomic(metrics, tmp / "metrics.json")
             write_model_card(tmp / "README.md", self.config, metrics)
-            os.chmod(tmp, 0o755)
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                path.rename(old)
-                tmp.rename(path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     @classmethod
     def from_pretrained(cls, path: Path | str, device: str | torch.device | None = None) -> "ICDCoder":

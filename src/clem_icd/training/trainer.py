@@ -108,6 +108,7 @@ def train_coder(config: TrainConfig, dataset: PreparedDataset, output_dir: Path)
     with accelerator.main_process_first():
         train_set = CodedNotes(dataset.split("train"), codes, coder.tokenize)
         val_set = CodedNotes(dataset.split("val"), codes, coder.tokenize)
+    init_output_bias(coder, train_set)
     pad_id = coder.tokenizer.pad_token_id or 0
     batch_collate = partial(collate, pad_id=pad_id, num_labels=len(codes))
     train_sampler = LengthGroupedBatches([len(t) for t in train_set.tokens], config.micro_batch_size,
@@ -199,6 +200,18 @@ def train_coder(config: TrainConfig, dataset: PreparedDataset, output_dir: Path)
 
     AcceleratorState._reset_state()
     return metrics
+
+
+@torch.no_grad()
+def init_output_bias(coder, train_set: CodedNotes) -> None:
+    """Start each code's output bias at the log-odds of its (smoothed) training prevalence, so
+    the first epoch is not spent learning that nearly every code is rare (Lin et al. 2017's prior
+    initialisation); with thousands of codes this is most of what an epoch would otherwise do."""
+    counts = np.zeros(len(coder.codes))
+    for labels in train_set.labels:
+        counts[labels] += 1
+    prevalence = (counts + 0.1) / (len(train_set) + 0.2)
+    coder.head.output_bias.copy_(torch.from_numpy(np.log(prevalence / (1 - prevalence))).float())
 
 
 @torch.no_grad()

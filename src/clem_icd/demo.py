@@ -18,7 +18,7 @@ from rich.table import Table
 
 from clem_icd.errors import ClemError
 
-DEMO_DOCUMENTS = 400
+DEMO_DOCUMENTS = 320
 DEMO_CODES = 24
 RECIPE = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 

@@ -56,7 +56,7 @@ def demo(
                                 "the trained model and the evaluation."),
     data: Path = typer.Option(None, "--data", help="Use this prepared dataset instead of the synthetic "
                               "corpus (e.g. one made by `clem-icd prepare codiesp`)."),
-    documents: int = typer.Option(400, "--documents", help="Size of the synthetic corpus."),
+    documents: int = typer.Option(320, "--documents", help="Size of the synthetic corpus."),
     overrides: list[str] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Override keys of "
                                           "configs/demo.yaml, e.g. epochs=2."),
 ) -> None:

@@ -18,6 +18,7 @@ from clem_icd.data.dataset import PreparedDataset
 from clem_icd.errors import ClemError
 from clem_icd.evaluation.metrics import compute_metrics, per_code_table, tune_threshold
 from clem_icd.evaluation.report import (
+    json_value,
     render_metrics_table,
     write_codiesp_ranking,
     write_metrics_json,
@@ -97,13 +98,7 @@ def evaluate(model_dir: Path, data_dir: Path, split: str, out_dir: Path, *, base
 
 def write_metrics_json_nested(results: dict, split: str, path: Path) -> None:
     """All columns in one file; undefined values (NaN) become null, as JSON has no NaN."""
-    import math
-
     from clem_icd.atomic import write_json_atomic
 
-    def plain(value):
-        value = float(value)
-        return value if math.isfinite(value) else None
-
-    write_json_atomic({"split": split, "results": {name: {k: plain(v) for k, v in metrics.items()}
+    write_json_atomic({"split": split, "results": {name: {k: json_value(v) for k, v in metrics.items()}
                                                    for name, metrics in results.items()}}, path)

@@ -58,7 +58,7 @@ def write_codiesp_ranking(
     write_text_atomic("".join(lines), path)
 
 
-def _json_value(value):
+def json_value(value):
     """Plain JSON: numpy scalars to Python, NaN and infinities to null (JSON has no NaN)."""
     if value is None:
         return None
@@ -70,7 +70,7 @@ def _json_value(value):
 
 def write_metrics_json(metrics: Mapping[str, float], path: Path | str) -> None:
     """The metrics dict as JSON, keys in the given order; undefined values (NaN) as null."""
-    write_json_atomic({str(key): _json_value(value) for key, value in metrics.items()}, path)
+    write_json_atomic({str(key): json_value(value) for key, value in metrics.items()}, path)
 
 
 def _cell(key: str, value) -> str:

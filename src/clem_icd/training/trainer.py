@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clem_icd.atomic import write_json_atomic
 from clem_icd.data.dataset import PreparedDataset
 from clem_icd.errors import ClemError
 from clem_icd.evaluation.metrics import compute_metrics, tune_threshold
@@ -55,7 +56,7 @@ def train_tfidf(config: TrainConfig, dataset: PreparedDataset, output_dir: Path)
     metrics = {"val": compute_metrics(val_scores, val_targets, model.threshold),
                "threshold": model.threshold, "train_seconds": seconds}
     model.save_pretrained(output_dir)
-    _write_json(output_dir / "metrics.json", metrics)
+    write_json_atomic(metrics, output_dir / "metrics.json")
     return metrics
 
 
@@ -137,7 +138,7 @@ def train_coder(config: TrainConfig, dataset: PreparedDataset, output_dir: Path)
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
         log_path.write_text("")
-        _write_json(output_dir / "train_config.json", config.to_dict())
+        write_json_atomic(config.to_dict(), output_dir / "train_config.json")
     val_targets = val_set.targets()
     best_map, best_epoch, best_scores, stale, step = -1.0, -1, None, 0, 0
     loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -237,9 +238,3 @@ def _publish_best(best, output_dir: Path, metrics: dict) -> None:
         item.replace(output_dir / item.name)
     shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(output_dir / "best", ignore_errors=True)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    from clem_icd.atomic import write_json_atomic
-
-    write_json_atomic(data, path)

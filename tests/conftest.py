@@ -70,3 +70,11 @@ def run(capsys, monkeypatch):
         return exit_info.value.code, out, err
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def trigger_model(tmp_path_factory) -> Path:
+    """A trained coder folder whose codes have planted trigger phrases (tests/trigger_fixture.py)."""
+    from trigger_fixture import train_trigger_model
+
+    return train_trigger_model(tmp_path_factory.mktemp("trigger"))

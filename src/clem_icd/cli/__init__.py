@@ -13,7 +13,9 @@ import typer
 
 from clem_icd import __version__
 from clem_icd.cli import data as data_cli
+from clem_icd.cli import evidence as evidence_cli
 from clem_icd.cli import model as model_cli
+from clem_icd.cli import predict as predict_cli
 from clem_icd.cli import prepare as prepare_cli
 from clem_icd.errors import ClemError
 from clem_icd.progress import set_enabled
@@ -30,6 +32,8 @@ app.add_typer(prepare_cli.app, name="prepare")
 app.add_typer(data_cli.app, name="data")
 app.command("train")(model_cli.train)
 app.command("evaluate")(model_cli.evaluate)
+app.command("predict")(predict_cli.predict)
+app.command("evaluate-evidence")(evidence_cli.evaluate_evidence)
 app.command("demo")(model_cli.demo)
 
 

@@ -7,6 +7,8 @@ of the note stays, exactly as in the reference preprocessing); spaces squeezed a
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
 
 _NON_ALNUM = r"[^A-Za-z0-9]+"
@@ -25,3 +27,42 @@ def clean_text_series(texts: pl.Series) -> pl.Series:
 
 def clean_text(text: str) -> str:
     return clean_text_series(pl.Series([text]))[0]
+
+
+_DIGIT_TOKENS_RE = re.compile(_DIGIT_TOKENS)
+_NON_ALNUM_RE = re.compile(_NON_ALNUM)
+_SPACES_RE = re.compile(r"\s+")
+
+
+def _substitute(pattern: re.Pattern, text: str, origin: list[int]) -> tuple[str, list[int]]:
+    """`pattern.sub(" ", text)`, carrying along each character's offset in the original note;
+    the inserted space takes the offset of the first character it replaces."""
+    pieces, mapped, last = [], [], 0
+    for match in pattern.finditer(text):
+        pieces.append(text[last:match.start()])
+        mapped.extend(origin[last:match.start()])
+        pieces.append(" ")
+        mapped.append(origin[match.start()])
+        last = match.end()
+    pieces.append(text[last:])
+    mapped.extend(origin[last:])
+    return "".join(pieces), mapped
+
+
+def clean_text_with_offsets(text: str) -> tuple[str, list[int]]:
+    """`clean_text(text)` and, for each of its characters, the offset of the character of
+    `text` it came from, so that spans found in cleaned text map back to the original note.
+
+    Lower-casing goes character by character: a character whose lower case is longer (e.g.
+    'İ' → 'i̇') gives all its characters the same origin."""
+    chars, origin = [], []
+    for index, char in enumerate(text):
+        lowered = char.lower()
+        chars.append(lowered)
+        origin.extend([index] * len(lowered))
+    cleaned, origin = _substitute(_NON_ALNUM_RE, "".join(chars), origin)
+    cleaned, origin = _substitute(_DIGIT_TOKENS_RE, cleaned, origin)
+    cleaned, origin = _substitute(_SPACES_RE, cleaned, origin)
+    start = len(cleaned) - len(cleaned.lstrip())
+    end = len(cleaned.rstrip())
+    return cleaned[start:end], origin[start:end]

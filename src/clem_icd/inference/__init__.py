@@ -1,5 +1,6 @@
-"""Running trained models: loading any model folder, scoring notes."""
+"""Running trained models: loading any model folder, coding notes with evidence."""
 
 from clem_icd.inference.loader import load_model
+from clem_icd.inference.predictor import NotePredictor, PredictOptions
 
-__all__ = ["load_model"]
+__all__ = ["NotePredictor", "PredictOptions", "load_model"]

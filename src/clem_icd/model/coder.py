@@ -124,9 +124,12 @@ class ICDCoder(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Token states (batch, tokens', hidden) of the chunked encoder; tokens' is tokens
-        rounded up to a multiple of chunk_size, the extra positions are padding."""
+        rounded up to a multiple of chunk_size, the extra positions are padding. With
+        `inputs_embeds` (batch, tokens, hidden) the encoder reads those instead of looking up
+        `input_ids` (explanations take gradients with respect to them)."""
         batch, length = input_ids.shape
         size = self.config.chunk_size
         chunks = math.ceil(length / size)
@@ -134,16 +137,22 @@ class ICDCoder(nn.Module):
         if pad:
             input_ids = nn.functional.pad(input_ids, (0, pad), value=self.tokenizer.pad_token_id or 0)
             attention_mask = nn.functional.pad(attention_mask, (0, pad), value=0)
+            if inputs_embeds is not None:
+                inputs_embeds = nn.functional.pad(inputs_embeds, (0, 0, 0, pad))
         ids = input_ids.reshape(batch * chunks, size)
         mask = attention_mask.reshape(batch * chunks, size)
         used = mask.any(dim=1).nonzero().squeeze(1)  # chunks of pure padding are never encoded
-        states = self.encoder(input_ids=ids[used], attention_mask=mask[used]).last_hidden_state
+        if inputs_embeds is None:
+            states = self.encoder(input_ids=ids[used], attention_mask=mask[used]).last_hidden_state
+        else:
+            embeds = inputs_embeds.reshape(batch * chunks, size, -1)[used]
+            states = self.encoder(inputs_embeds=embeds, attention_mask=mask[used]).last_hidden_state
         hidden = states.new_zeros(batch * chunks, size, states.shape[-1]).index_copy(0, used, states)
         return hidden.reshape(batch, chunks * size, -1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                return_attention: bool = False):
-        hidden = self.encode(input_ids, attention_mask)
+                return_attention: bool = False, inputs_embeds: torch.Tensor | None = None):
+        hidden = self.encode(input_ids, attention_mask, inputs_embeds)
         mask = attention_mask.bool()
         if hidden.shape[1] != mask.shape[1]:
             mask = nn.functional.pad(mask, (0, hidden.shape[1] - mask.shape[1]), value=False)
@@ -156,37 +165,40 @@ class ICDCoder(nn.Module):
         return self.tokenizer(list(texts), truncation=True, max_length=self.config.max_length,
                               return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 
-    @torch.inference_mode()
-    def predict_proba(self, texts: list[str], batch_size: int = 8) -> np.ndarray:
-        """Probabilities (len(texts), len(codes)) in the order of `codes`. Notes are batched by
-        length (little padding) and returned in input order."""
+    def predict_proba(self, texts: list[str], batch_size: int = 8, *, window_stride: int | None = None,
+                      precision: str = "auto") -> np.ndarray:
+        """Probabilities (len(texts), len(codes)) in the order of `codes`. Notes go through the
+        training data's text cleaning, are batched by length and come back in input order;
+        `window_stride` reads long notes as overlapping windows (max-pooled) instead of
+        truncating them. precision 'auto': bf16 where the device has it natively."""
+        from clem_icd.inference.predictor import NotePredictor, PredictOptions
+
+        if isinstance(texts, str):
+            raise TypeError("predict_proba takes a list of texts, not one string")
+        options = PredictOptions(batch_size=batch_size, window_stride=window_stride, precision=precision)
         was_training = self.training
-        self.eval()
-        ids = self.tokenize(texts)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        out = np.zeros((len(ids), len(self.codes)), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            input_ids, mask = pad_batch([ids[i] for i in rows], self.tokenizer.pad_token_id or 0)
-            logits = self(input_ids.to(self.device), mask.to(self.device))
-            out[rows] = torch.sigmoid(logits).float().cpu().numpy()
-        self.train(was_training)
-        return out
+        try:
+            return NotePredictor(self, options).probabilities(list(texts))[0]
+        finally:
+            self.train(was_training)
 
     def predict(self, texts: list[str], threshold: float | None = None, top_k: int | None = None,
-                batch_size: int = 8) -> list[list[dict]]:
+                batch_size: int = 8, *, explain: str | None = None, **options) -> list[list[dict]]:
         """Per text, the codes scored above the threshold (the tuned one by default), best
-        first, with system, description and probability; `top_k` caps the list."""
-        threshold = self.threshold if threshold is None else threshold
-        probabilities = self.predict_proba(texts, batch_size=batch_size)
-        systems = self.config.code_systems or [""] * len(self.codes)
-        descriptions = self.config.descriptions or [""] * len(self.codes)
-        results = []
-        for row in probabilities:
-            chosen = [j for j in np.argsort(-row, kind="stable") if row[j] > threshold][:top_k]
-            results.append([{"code": self.codes[j], "system": systems[j], "description": descriptions[j],
-                             "probability": float(row[j])} for j in chosen])
-        return results
+        first, each {code, system, description, probability}; `top_k` caps the list. With
+        `explain` ('attention', 'attingrad' or 'inputxgrad') each code also gets `evidence`:
+        spans {start, end, score, text} of the text, text == texts[i][start:end]. Further
+        options: see clem_icd.inference.PredictOptions (window_stride, evidence_threshold, ...)."""
+        from clem_icd.inference.predictor import NotePredictor, PredictOptions
+
+        if isinstance(texts, str):
+            raise TypeError("predict takes a list of texts, not one string")
+        settings = PredictOptions(threshold=threshold, top_k=top_k, batch_size=batch_size, explain=explain, **options)
+        was_training = self.training
+        try:
+            return [note["codes"] for note in NotePredictor(self, settings).predict(list(texts))]
+        finally:
+            self.train(was_training)
 
     # ------------------------------------------------------------------ persistence
 
@@ -217,7 +229,10 @@ class ICDCoder(nn.Module):
             if not (path / name).is_file():
                 raise ClemError(f"{path / name}: not found (is {path} a trained CLEM-ICD model?)")
         config = ICDCoderConfig.load(path / "config.json")
-        coder = cls(config, _build_encoder(config, pretrained=False), AutoTokenizer.from_pretrained(path))
+        encoder = _build_encoder(config, pretrained=False)
+        # The encoder's own config tells transformers which tokenizer this is (the folder's
+        # config.json is ours, model_type clem_icd, which it would warn about).
+        coder = cls(config, encoder, AutoTokenizer.from_pretrained(path, config=encoder.config))
         try:
             load_model(coder, str(path / "model.safetensors"), strict=True, device=str(device or "cpu"))
         except (RuntimeError, OSError) as exc:

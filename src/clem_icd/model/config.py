@@ -9,6 +9,7 @@ from pathlib import Path
 from clem_icd.errors import ClemError
 
 MODEL_TYPE = "clem_icd"
+TEXT_CLEANINGS = ("none", "edin2023")
 
 
 @dataclass
@@ -25,6 +26,7 @@ class ICDCoderConfig:
     descriptions: list[str] = field(default_factory=list)
     encoder_config: dict = field(default_factory=dict)  # the encoder's HF config, to rebuild offline
     attn_implementation: str | None = None  # None: transformers' default for the device
+    text_cleaning: str = "none"  # none | edin2023: what the training notes went through; applied to new notes
     model_type: str = MODEL_TYPE
 
     def __post_init__(self) -> None:
@@ -32,6 +34,8 @@ class ICDCoderConfig:
             raise ClemError(f"head must be 'laat' or 'cross', got '{self.head}'")
         if self.label_query_init not in ("random", "description"):
             raise ClemError(f"label_query_init must be 'random' or 'description', got '{self.label_query_init}'")
+        if self.text_cleaning not in TEXT_CLEANINGS:
+            raise ClemError(f"text_cleaning must be one of {', '.join(TEXT_CLEANINGS)}, got '{self.text_cleaning}'")
         if self.chunk_size < 1 or self.max_length < 1:
             raise ClemError("max_length and chunk_size must be positive")
         if self.chunk_size > self.max_length:

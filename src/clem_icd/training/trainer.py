@@ -23,6 +23,7 @@ from clem_icd.atomic import write_json_atomic
 from clem_icd.data.dataset import PreparedDataset
 from clem_icd.errors import ClemError
 from clem_icd.evaluation.metrics import compute_metrics, tune_threshold
+from clem_icd.precision import mixed_precision
 from clem_icd.progress import progress_bar
 from clem_icd.training.config import TrainConfig
 from clem_icd.training.data import CodedNotes, LengthGroupedBatches, collate
@@ -68,16 +69,6 @@ def targets_matrix(code_lists: list[list[str]], codes: list[str]) -> np.ndarray:
     return matrix
 
 
-def _mixed_precision(requested: str) -> str:
-    """auto: bf16 on GPUs that have it, and on CPUs with native bf16 (AVX512-BF16 / AMX), where
-    autocast roughly halves step time; fp32 elsewhere (emulated bf16 would be slower)."""
-    if requested != "auto":
-        return requested
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
-
-
 def train_coder(config: TrainConfig, dataset: PreparedDataset, output_dir: Path) -> dict:
     from accelerate import Accelerator, PartialState
     from accelerate.utils import set_seed
@@ -92,7 +83,7 @@ def train_coder(config: TrainConfig, dataset: PreparedDataset, output_dir: Path)
         raise ClemError(f"batch_size {config.batch_size} is not a multiple of micro_batch_size x processes "
                         f"({config.micro_batch_size} x {processes})")
     accelerator = Accelerator(gradient_accumulation_steps=config.batch_size // per_step,
-                              mixed_precision=_mixed_precision(config.mixed_precision),
+                              mixed_precision=mixed_precision(config.mixed_precision),
                               log_with=config.trackers or None, project_dir=str(output_dir))
     set_seed(config.seed)
     main = accelerator.is_main_process
@@ -102,6 +93,7 @@ def train_coder(config: TrainConfig, dataset: PreparedDataset, output_dir: Path)
         head=config.head, max_length=config.max_length, chunk_size=config.chunk_size,
         attention_dim=config.attention_dim, label_query_init=config.label_query_init,
         attn_implementation=config.attn_implementation,
+        text_cleaning="edin2023" if dataset.manifest.get("options", {}).get("clean_text") else "none",
         code_systems=dataset.codes["system"].to_list(), descriptions=dataset.codes["description"].to_list())
     if config.gradient_checkpointing:
         coder.encoder.gradient_checkpointing_enable()

@@ -1,0 +1,93 @@
+"""`clem-icd predict`: code new notes with a trained model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True, soft_wrap=True)
+
+EXIT_SOME_FAILED = 3
+
+
+def predict(
+    model: Path = typer.Option(..., "--model", "-m", help="Trained model folder (clem-icd train), "
+                               "CLEM-ICD or TF-IDF."),
+    inputs: list[str] = typer.Argument(None, metavar="[INPUT]...", help="Text files (one note each, id = "
+                                       "file name without .txt), folders of them, JSONL / CSV / TSV / "
+                                       "Parquet files with id and text fields, or '-' for stdin (JSONL if "
+                                       "its first line is a JSON object, else one note). Default: stdin."),
+    top_k: int = typer.Option(None, "--top-k", "-k", help="At most K codes per note (best first)."),
+    threshold: float = typer.Option(None, "--threshold", "-t", help="Report codes with probability above "
+                                    "T (default: the threshold tuned on val when the model was trained). "
+                                    "--threshold 0 --top-k 10 gives the 10 best codes of every note."),
+    explain: str = typer.Option(None, "--explain", "-e", help="Add evidence spans per code: 'attention' "
+                                "(label attention, free), 'attingrad' (attention x input gradient, Edin et "
+                                "al. 2024; one backward pass per code) or 'inputxgrad'."),
+    format: str = typer.Option("jsonl", "--format", "-f", help="jsonl (one JSON object per note), fhir (a "
+                               "FHIR R4 Bundle of Condition / Procedure resources), codiesp (CodiEsp-D/P "
+                               "ranking TSV) or codiesp-x (CodiEsp-X TSV, one line per evidence span; "
+                               "needs --explain)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output file (written to a temporary file, then "
+                             "renamed). Default: stdout."),
+    id_field: str = typer.Option("id", "--id-field", help="Id field of JSONL / CSV / Parquet input."),
+    text_field: str = typer.Option("text", "--text-field", help="Text field of JSONL / CSV / Parquet input."),
+    window_stride: int = typer.Option(None, "--window-stride", help="Read notes longer than the model's "
+                                      "max_length as overlapping windows starting every N tokens; each "
+                                      "code's probability is its maximum over the windows. Default: "
+                                      "truncate (as in training) and mark the note 'truncated'."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Notes per forward pass (sorted by length)."),
+    evidence_threshold: float = typer.Option(0.02, "--evidence-threshold", help="A word is evidence when "
+                                             "it holds at least this share of the code's attribution."),
+    evidence_words: int = typer.Option(10, "--evidence-words", help="At most this many evidence words "
+                                       "per code (adjacent words merge into one span)."),
+    max_spans: int = typer.Option(5, "--max-spans", help="At most this many evidence spans per code."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:1, ..."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the device runs it "
+                                  "natively, else fp32), fp32, bf16 or fp16."),
+) -> None:
+    """Code notes: each note gets its codes with system, description, probability and, with
+    --explain, evidence spans {start, end, score, text} where text == note[start:end] in the
+    original note. Records that cannot be coded (empty, not UTF-8, binary, missing id or text,
+    duplicate id) get {"id", "error"} and the others are coded; the exit status is then 3."""
+    import torch
+
+    from clem_icd.errors import ClemError
+    from clem_icd.inference.inputs import count_notes, read_notes
+    from clem_icd.inference.loader import load_model
+    from clem_icd.inference.predictor import PredictOptions
+    from clem_icd.inference.run import code_records, make_predictor
+    from clem_icd.inference.writers import FORMATS, RecordWriter
+    from clem_icd.progress import progress_bar
+
+    if format not in FORMATS:
+        raise ClemError(f"--format must be one of {', '.join(FORMATS)}, got '{format}'")
+    if format == "codiesp-x" and not explain:
+        raise ClemError("--format codiesp-x writes evidence spans: add --explain attingrad (or attention)")
+    if not inputs and sys.stdin.isatty():
+        raise ClemError("no input: give text files, folders, JSONL/CSV/Parquet files, or pipe notes to stdin")
+    options = PredictOptions(threshold=threshold, top_k=top_k, explain=explain, window_stride=window_stride,
+                             batch_size=batch_size, evidence_threshold=evidence_threshold,
+                             evidence_words=evidence_words, max_spans=max_spans, precision=precision)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    predictor = make_predictor(load_model(model, device=device), options)
+
+    failed = coded = 0
+    with RecordWriter(out, format) as writer, progress_bar("coding notes", count_notes(inputs or [])) as update:
+        for record in code_records(predictor, read_notes(inputs or [], id_field=id_field, text_field=text_field),
+                                   progress=update):
+            writer.write(record)
+            if "error" in record:
+                failed += 1
+                if format.startswith("codiesp"):
+                    console.print(f"error: {record['error']}", markup=False, highlight=False)
+            else:
+                coded += 1
+    console.print(f"coded {coded} note(s)" + (f"; {failed} record(s) could not be coded" if failed else "")
+                  + (f" -> {out}" if out else ""), markup=False, highlight=False)
+    if failed:
+        raise typer.Exit(EXIT_SOME_FAILED)

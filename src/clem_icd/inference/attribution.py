@@ -1,0 +1,84 @@
+"""Token attributions for chosen codes: which input tokens drove each code's score.
+
+- `attention`: the head's label-wise attention over tokens (PLM-ICD / LAAT, cross-attention).
+- `inputxgrad`: ‖x_t ⊙ ∂logit_c/∂x_t‖₂, x_t the encoder's embedding output for token t (word
+  and position embeddings after their layer norm), as in Edin et al. (2024).
+- `attingrad`: the attention weight times inputxgrad (Edin et al. 2024, "AttInGrad", their best
+  unsupervised method on MDACE).
+
+Gradients: one backward pass per rank k of the chosen codes, summing the k-th code's logit over
+the notes of the batch (notes do not interact, so each note receives its own gradient).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+EXPLAIN_METHODS = ("attention", "attingrad", "inputxgrad")
+
+
+def _embedding_module(encoder: nn.Module) -> nn.Module:
+    # BERT, RoBERTa, ModernBERT, DeBERTa: `embeddings`; others: their input embedding table.
+    module = getattr(encoder, "embeddings", None)
+    return module if isinstance(module, nn.Module) else encoder.get_input_embeddings()
+
+
+def _tokens_of_chunks(values: torch.Tensor, mask: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """(encoded chunks, chunk_size) values → (batch, tokens) in the layout of `mask`, undoing
+    the coder's chunking (all-padding chunks were never encoded and score zero)."""
+    batch, length = mask.shape
+    chunks = math.ceil(length / chunk_size)
+    padded = nn.functional.pad(mask, (0, chunks * chunk_size - length)).reshape(batch * chunks, chunk_size)
+    used = padded.any(dim=1).nonzero().squeeze(1)
+    if values.shape != (len(used), chunk_size):
+        raise RuntimeError(f"embedding output of shape {tuple(values.shape)} does not match the "
+                           f"{len(used)} chunks of {chunk_size} tokens (unpadded attention?)")
+    full = values.new_zeros(batch * chunks, chunk_size).index_copy(0, used, values)
+    return full.reshape(batch, chunks * chunk_size)[:, :length]
+
+
+def token_attributions(coder, input_ids: torch.Tensor, mask: torch.Tensor, method: str,
+                       choose: Callable[[int, np.ndarray], list[int]]
+                       ) -> tuple[np.ndarray, list[dict[int, np.ndarray]]]:
+    """Logits (batch, codes) and, per note, {code: attribution of every input position}.
+    `choose(row, logits_row)` says which codes of a note to explain."""
+    if method not in EXPLAIN_METHODS:
+        raise ValueError(f"unknown explanation method {method!r}")
+    if method == "attention":
+        with torch.inference_mode():
+            logits, attention = coder(input_ids, mask, return_attention=True)
+        logits = logits.float().cpu().numpy()
+        chosen = [choose(b, logits[b]) for b in range(len(logits))]
+        return logits, [{c: attention[b, c, : mask.shape[1]].float().cpu().numpy() for c in codes}
+                        for b, codes in enumerate(chosen)]
+
+    captured: list[torch.Tensor] = []
+    handle = _embedding_module(coder.encoder).register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        with torch.enable_grad():
+            logits_t, attention = coder(input_ids, mask, return_attention=True)
+    finally:
+        handle.remove()
+    embeddings = captured[0]
+    logits = logits_t.detach().float().cpu().numpy()
+    chosen = [choose(b, logits[b]) for b in range(len(logits))]
+    results: list[dict[int, np.ndarray]] = [{} for _ in chosen]
+    depth = max((len(c) for c in chosen), default=0)
+    for k in range(depth):
+        rows = [b for b, codes in enumerate(chosen) if len(codes) > k]
+        target = logits_t[rows, [chosen[b][k] for b in rows]].sum()
+        (gradient,) = torch.autograd.grad(target, embeddings, retain_graph=k < depth - 1)
+        per_token = (embeddings.detach().float() * gradient.float()).norm(dim=-1)
+        per_token = _tokens_of_chunks(per_token, mask, coder.config.chunk_size)
+        for b in rows:
+            code = chosen[b][k]
+            scores = per_token[b]
+            if method == "attingrad":
+                scores = scores * attention[b, code, : mask.shape[1]].detach().float()
+            results[b][code] = scores.cpu().numpy()
+    return logits, results

@@ -1,0 +1,97 @@
+"""Predictions as FHIR R4: a Bundle (type collection) of Condition resources for diagnosis codes
+and Procedure resources for procedure codes, one per predicted code of each note.
+
+- Coding system URIs: ICD-10-CM http://hl7.org/fhir/sid/icd-10-cm, ICD-10-PCS
+  http://www.cms.gov/Medicare/Coding/ICD10, ICD-9-CM http://hl7.org/fhir/sid/icd-9-cm.
+- A machine suggestion, not a confirmed diagnosis: Condition.verificationStatus = provisional,
+  Procedure.status = unknown.
+- subject: a logical reference by identifier to the note (system NOTE_SYSTEM, value = note id);
+  map it to your Patient when you import the bundle.
+- The probability is an extension (PROBABILITY_URL, valueDecimal); each evidence span is a
+  complex extension (EVIDENCE_URL: start, end, score, text) - on Condition.evidence, whose
+  detail references the note, and on the Procedure itself (R4 Procedure has no evidence).
+- A note that could not be coded becomes an OperationOutcome naming its id.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from clem_icd import __version__
+
+PROFILE_BASE = "https://github.com/clem-icd/clem-icd/fhir/StructureDefinition"
+PROBABILITY_URL = f"{PROFILE_BASE}/probability"
+EVIDENCE_URL = f"{PROFILE_BASE}/evidence-span"
+NOTE_SYSTEM = "urn:clem-icd:note-id"
+SYSTEM_URIS = {
+    "icd10cm": "http://hl7.org/fhir/sid/icd-10-cm",
+    "icd10pcs": "http://www.cms.gov/Medicare/Coding/ICD10",
+    "icd9cm": "http://hl7.org/fhir/sid/icd-9-cm",
+    "icd9pcs": "http://hl7.org/fhir/sid/icd-9-cm",  # volume 3 shares the ICD-9-CM URI
+}
+PROCEDURE_SYSTEMS = {"icd10pcs", "icd9pcs"}
+_NAMESPACE = uuid.UUID("6f1c3a52-8f0e-4f8b-9d55-3d3c5b0e1a77")  # stable fullUrls for the same note/code
+
+
+def _note_reference(note_id: str) -> dict:
+    return {"identifier": {"system": NOTE_SYSTEM, "value": note_id}, "display": f"note {note_id}"}
+
+
+def _evidence_extension(span: dict) -> dict:
+    return {"url": EVIDENCE_URL, "extension": [
+        {"url": "start", "valueInteger": int(span["start"])},
+        {"url": "end", "valueInteger": int(span["end"])},
+        {"url": "score", "valueDecimal": float(span["score"])},
+        {"url": "text", "valueString": span["text"]},
+    ]}
+
+
+def code_resource(note_id: str, code: dict) -> dict:
+    system = code.get("system") or "icd10cm"
+    coding = {"system": SYSTEM_URIS.get(system, f"urn:clem-icd:code-system:{system}"), "code": code["code"]}
+    if code.get("description"):
+        coding["display"] = code["description"]
+    common = {
+        "extension": [{"url": PROBABILITY_URL, "valueDecimal": round(float(code["probability"]), 6)}],
+        "code": {"coding": [coding]},
+        "subject": _note_reference(note_id),
+    }
+    spans = code.get("evidence") or []
+    if system in PROCEDURE_SYSTEMS:
+        resource = {"resourceType": "Procedure", "status": "unknown", **common}
+        resource["extension"] += [_evidence_extension(span) for span in spans]
+        return resource
+    resource = {
+        "resourceType": "Condition",
+        "verificationStatus": {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "provisional"}]},
+        **common,
+    }
+    if spans:
+        resource["evidence"] = [{"extension": [_evidence_extension(span)], "detail": [_note_reference(note_id)]}
+                                for span in spans]
+    return resource
+
+
+def error_resource(note_id: str | None, error: str) -> dict:
+    label = f"note {note_id}" if note_id is not None else "a record without id"
+    return {"resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "invalid", "diagnostics": f"{label}: {error}"}]}
+
+
+def bundle_entries(record: dict) -> list[dict]:
+    """Bundle entries for one output record ({id, codes, ...} or {id, error})."""
+    note_id = record.get("id")
+    if "error" in record:
+        resources = [error_resource(note_id, record["error"])]
+        keys = [f"error:{note_id}:{record['error']}"]
+    else:
+        resources = [code_resource(note_id, code) for code in record["codes"]]
+        keys = [f"{note_id}:{code['code']}" for code in record["codes"]]
+    return [{"fullUrl": f"urn:uuid:{uuid.uuid5(_NAMESPACE, key)}", "resource": resource}
+            for key, resource in zip(keys, resources)]
+
+
+def bundle_header(timestamp: str) -> dict:
+    return {"resourceType": "Bundle", "type": "collection", "timestamp": timestamp,
+            "meta": {"tag": [{"system": "urn:clem-icd:generator", "code": f"clem-icd-{__version__}"}]}}

@@ -1,0 +1,221 @@
+"""Coding notes with a trained coder: probabilities, chosen codes and their evidence.
+
+Notes are tokenised once (with character offsets), cut into windows (one per note unless
+long-note windowing is on), and windows are scored in length-sorted batches so that little
+padding is computed; results come back in input order.
+
+Long notes: by default a note is truncated at the model's `max_length` (as in training) and
+flagged `truncated`. With `window_stride`, a longer note is read as overlapping windows of
+`max_length` tokens every `window_stride` tokens, each code's score is the maximum over the
+windows, and its evidence comes from the window that gave that maximum.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from clem_icd.errors import ClemError
+from clem_icd.inference.attribution import EXPLAIN_METHODS, token_attributions
+from clem_icd.inference.evidence import evidence_spans
+from clem_icd.inference.tokens import (
+    EncodedNote,
+    Window,
+    encode_notes,
+    note_windows,
+    special_tokens,
+)
+from clem_icd.precision import autocast_dtype
+
+
+@dataclass
+class PredictOptions:
+    threshold: float | None = None  # None: the threshold tuned on val at training time
+    top_k: int | None = None  # at most this many codes per note
+    explain: str | None = None  # None | attention | attingrad | inputxgrad
+    window_stride: int | None = None  # None: truncate long notes; else overlapping windows
+    batch_size: int = 8
+    evidence_threshold: float = 0.02  # a word is evidence when it holds this share of the attribution
+    evidence_words: int = 10  # at most this many words per code (adjacent ones merge into spans)
+    max_spans: int = 5  # evidence spans per code, best first
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+
+    def __post_init__(self) -> None:
+        if self.explain is not None and self.explain not in EXPLAIN_METHODS:
+            raise ClemError(f"--explain must be one of {', '.join(EXPLAIN_METHODS)}, got '{self.explain}'")
+        if self.top_k is not None and self.top_k < 1:
+            raise ClemError("--top-k must be at least 1")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ClemError("--threshold must be between 0 and 1")
+        if self.window_stride is not None and self.window_stride < 1:
+            raise ClemError("--window-stride must be at least 1 token")
+        if not 0.0 <= self.evidence_threshold < 1.0:
+            raise ClemError("--evidence-threshold must be in [0, 1)")
+        if self.batch_size < 1 or self.evidence_words < 1 or self.max_spans < 1:
+            raise ClemError("batch size, evidence words and spans must be at least 1")
+
+
+class NotePredictor:
+    """Codes notes with an `ICDCoder`; `predict(texts)` gives one result per text:
+    {"codes": [{code, system, description, probability[, evidence]}], "truncated": bool}."""
+
+    def __init__(self, coder, options: PredictOptions | None = None):
+        self.coder = coder
+        self.options = options or PredictOptions()
+        self.threshold = coder.threshold if self.options.threshold is None else self.options.threshold
+        self.prefix, self.suffix = special_tokens(coder.tokenizer)
+        self.capacity = coder.config.max_length - len(self.prefix) - len(self.suffix)
+        if self.capacity < 1:
+            raise ClemError(f"max_length {coder.config.max_length} leaves no room for text")
+        n = len(coder.codes)
+        self.systems = coder.config.code_systems or [""] * n
+        self.descriptions = coder.config.descriptions or [""] * n
+
+    # ------------------------------------------------------------------ public
+
+    def probabilities(self, texts: list[str]) -> tuple[np.ndarray, list[bool]]:
+        """(len(texts), codes) probabilities and, per text, whether tokens were left unread."""
+        notes = encode_notes(self.coder.tokenizer, texts, self.coder.config.text_cleaning)
+        windows = self._windows(notes)
+        logits = self._score(notes, windows)
+        pooled = np.full((len(texts), len(self.coder.codes)), -np.inf, dtype=np.float32)
+        for window, row in zip(windows, logits):
+            np.maximum(pooled[window.note], row, out=pooled[window.note])
+        return _sigmoid(pooled), [self._truncated(n) for n in notes]
+
+    def predict(self, texts: list[str], codes: list[list[str]] | None = None) -> list[dict]:
+        """One result per text. `codes` (per text) replaces the threshold's choice: exactly
+        those codes are reported and explained (e.g. gold codes, for evaluating evidence)."""
+        notes = encode_notes(self.coder.tokenizer, texts, self.coder.config.text_cleaning)
+        requested = None if codes is None else self._code_indices(codes, len(texts))
+        windows = self._windows(notes)
+        explain = self.options.explain
+        by_note: dict[int, list[int]] = defaultdict(list)
+        for index, window in enumerate(windows):
+            by_note[window.note].append(index)
+        single = [w for w in windows if len(by_note[w.note]) == 1]
+        multi = [w for w in windows if len(by_note[w.note]) > 1]
+
+        probabilities = np.zeros((len(texts), len(self.coder.codes)), dtype=np.float32)
+        chosen: dict[int, list[int]] = {}
+        evidence: dict[tuple[int, int], list[dict]] = {}
+        # Notes read in one window: scores, codes and explanations in one pass.
+        for batch in self._batches(single):
+            given = None if requested is None else [requested[w.note] for w in batch]
+            logits, attributions = self._run(notes, batch, codes=given)
+            for window, row, scores in zip(batch, logits, attributions):
+                probabilities[window.note] = _sigmoid(row)
+                chosen[window.note] = (self._choose(probabilities[window.note]) if requested is None
+                                       else requested[window.note])
+                for code, token_scores in scores.items():
+                    evidence[window.note, code] = self._spans(texts, notes, window, token_scores)
+        # Windowed notes: score every window, max-pool, then explain each chosen code in the
+        # window that gave its maximum.
+        if multi:
+            logits = self._score(notes, multi)
+            best_window: dict[int, np.ndarray] = {}
+            for note in {w.note for w in multi}:
+                rows = [i for i, w in enumerate(multi) if w.note == note]
+                probabilities[note] = _sigmoid(logits[rows].max(axis=0))
+                best_window[note] = np.asarray(rows)[logits[rows].argmax(axis=0)]
+                chosen[note] = self._choose(probabilities[note]) if requested is None else requested[note]
+            if explain:
+                wanted: dict[Window, list[int]] = defaultdict(list)
+                for note, codes in ((n, chosen[n]) for n in best_window):
+                    for code in codes:
+                        wanted[multi[best_window[note][code]]].append(code)
+                for batch in self._batches(list(wanted)):
+                    _, attributions = self._run(notes, batch, codes=[wanted[w] for w in batch])
+                    for window, scores in zip(batch, attributions):
+                        for code, token_scores in scores.items():
+                            evidence[window.note, code] = self._spans(texts, notes, window, token_scores)
+
+        results = []
+        for index, note in enumerate(notes):
+            codes = []
+            for j in chosen[index]:
+                entry = {"code": self.coder.codes[j], "system": self.systems[j],
+                         "description": self.descriptions[j], "probability": float(probabilities[index, j])}
+                if explain:
+                    entry["evidence"] = evidence.get((index, j), [])
+                codes.append(entry)
+            results.append({"codes": codes, "truncated": self._truncated(note)})
+        return results
+
+    # ------------------------------------------------------------------ internals
+
+    def _code_indices(self, codes: list[list[str]], n_texts: int) -> list[list[int]]:
+        if len(codes) != n_texts:
+            raise ClemError(f"{len(codes)} code lists for {n_texts} texts")
+        index = {c: j for j, c in enumerate(self.coder.codes)}
+        unknown = sorted({c for row in codes for c in row if c not in index})
+        if unknown:
+            raise ClemError(f"{len(unknown)} code(s) not known to this model, e.g. {', '.join(unknown[:5])}")
+        return [[index[c] for c in row] for row in codes]
+
+    def _truncated(self, note: EncodedNote) -> bool:
+        return self.options.window_stride is None and len(note.ids) > self.capacity
+
+    def _windows(self, notes: list[EncodedNote]) -> list[Window]:
+        return [w for i, note in enumerate(notes)
+                for w in note_windows(i, len(note.ids), self.capacity, self.options.window_stride)]
+
+    def _batches(self, windows: list[Window]) -> list[list[Window]]:
+        ordered = sorted(windows, key=lambda w: w.end - w.start)
+        size = self.options.batch_size
+        return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+
+    def _choose(self, row: np.ndarray) -> list[int]:
+        order = np.argsort(-row, kind="stable")
+        return [int(j) for j in order[: self.options.top_k] if row[j] > self.threshold]
+
+    def _score(self, notes: list[EncodedNote], windows: list[Window]) -> np.ndarray:
+        """Logits (windows, codes) in the order of `windows`."""
+        out = np.zeros((len(windows), len(self.coder.codes)), dtype=np.float32)
+        position = {w: i for i, w in enumerate(windows)}
+        for batch in self._batches(windows):
+            logits, _ = self._run(notes, batch, codes=None, explain=False)
+            out[[position[w] for w in batch]] = logits
+        return out
+
+    def _run(self, notes: list[EncodedNote], batch: list[Window], codes: list[list[int]] | None,
+             explain: bool = True) -> tuple[np.ndarray, list[dict[int, np.ndarray]]]:
+        """Logits of a batch of windows and, when explaining, per window {code: scores of its
+        content tokens}. `codes` None: explain the codes each window's own scores choose."""
+        from clem_icd.model.coder import pad_batch
+
+        coder = self.coder
+        sequences = [self.prefix + notes[w.note].ids[w.start:w.end] + self.suffix for w in batch]
+        input_ids, mask = pad_batch(sequences, coder.tokenizer.pad_token_id or 0)
+        input_ids, mask = input_ids.to(coder.device), mask.to(coder.device)
+        method = self.options.explain if explain else None
+        dtype = autocast_dtype(self.options.precision, coder.device)
+        autocast = torch.autocast(coder.device.type, dtype=dtype) if dtype else nullcontext()
+        coder.eval()
+        with autocast:
+            if method is None:
+                with torch.inference_mode():
+                    logits = coder(input_ids, mask).float().cpu().numpy()
+                return logits, [{} for _ in batch]
+            choose = (lambda b, row: codes[b]) if codes is not None else (lambda b, row: self._choose(_sigmoid(row)))
+            logits, scores = token_attributions(coder, input_ids, mask, method, choose)
+        first = len(self.prefix)
+        per_window = [{code: s[first:first + w.end - w.start] for code, s in window_scores.items()}
+                      for w, window_scores in zip(batch, scores)]
+        return logits, per_window
+
+    def _spans(self, texts: list[str], notes: list[EncodedNote], window: Window,
+               token_scores: np.ndarray) -> list[dict]:
+        note = notes[window.note]
+        return evidence_spans(texts[window.note], note.spans[window.start:window.end],
+                              note.words[window.start:window.end], token_scores,
+                              threshold=self.options.evidence_threshold, words=self.options.evidence_words,
+                              max_spans=self.options.max_spans)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)

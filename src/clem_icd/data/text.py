@@ -8,8 +8,10 @@ of the note stays, exactly as in the reference preprocessing); spaces squeezed a
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import polars as pl
+if TYPE_CHECKING:
+    import polars as pl
 
 _NON_ALNUM = r"[^A-Za-z0-9]+"
 _DIGIT_TOKENS = r"(\s\d+)+\s"
@@ -26,6 +28,8 @@ def clean_text_series(texts: pl.Series) -> pl.Series:
 
 
 def clean_text(text: str) -> str:
+    import polars as pl
+
     return clean_text_series(pl.Series([text]))[0]
 
 

@@ -54,8 +54,11 @@ def token_attributions(coder, input_ids: torch.Tensor, mask: torch.Tensor, metho
             logits, attention = coder(input_ids, mask, return_attention=True)
         logits = logits.float().cpu().numpy()
         chosen = [choose(b, logits[b]) for b in range(len(logits))]
-        return logits, [{c: attention[b, c, : mask.shape[1]].float().cpu().numpy() for c in codes}
-                        for b, codes in enumerate(chosen)]
+        results = []
+        for b, codes in enumerate(chosen):  # one device-to-host copy per note
+            rows = attention[b, codes, : mask.shape[1]].float().cpu().numpy()
+            results.append(dict(zip(codes, rows)))
+        return logits, results
 
     captured: list[torch.Tensor] = []
     handle = _embedding_module(coder.encoder).register_forward_hook(lambda _m, _i, out: captured.append(out))

@@ -29,11 +29,15 @@ def evidence_spans(text: str, token_spans: np.ndarray, token_words: np.ndarray, 
     last = np.concatenate([boundaries, [len(token_words)]]) - 1
     word_share = np.add.reduceat(shares, first)
     starts, ends = token_spans[first, 0], token_spans[last, 1]
-    wordlike = np.array([any(ch.isalnum() for ch in text[s:e]) for s, e in zip(starts, ends)], dtype=bool)
-    candidates = np.flatnonzero(wordlike & (word_share > 0) & (word_share >= threshold))
-    kept = np.sort(candidates[np.argsort(-word_share[candidates], kind="stable")[:words]])
-    if not len(kept):
+    kept = []  # best words first; only those considered are checked for letters or digits
+    for word in np.argsort(-word_share, kind="stable"):
+        if len(kept) == words or word_share[word] <= 0 or word_share[word] < threshold:
+            break
+        if any(ch.isalnum() for ch in text[starts[word]:ends[word]]):
+            kept.append(word)
+    if not kept:
         return []
+    kept = np.sort(np.asarray(kept))
     groups = np.split(kept, np.flatnonzero(np.diff(kept) != 1) + 1)
     found = []
     for group in groups:

@@ -111,7 +111,9 @@ def test_mdace_reader(tmp_path):
             {"begin": 0, "end": 3, "code": "J18.9", "code_system": "ICD-10-CM"}]},
     ]}
     (tmp_path / "1-ICD-10.json").write_text(json.dumps(admission))
-    assert read_mdace(tmp_path) == {("11", "I10"): [(0, 12)], ("11", "5A1935Z"): [(13, 21)]}
+    assert read_mdace(tmp_path, code_systems=("ICD-10-CM", "ICD-10-PCS")) == {
+        ("11", "I10"): [(0, 12)], ("11", "5A1935Z"): [(13, 21)]}
+    assert len(read_mdace(tmp_path)) == 3
     assert ("12", "J189") in read_mdace(tmp_path, category=None)
     assert read_mdace(tmp_path, code_systems=("ICD-9-CM",)) == {("11", "4019"): [(13, 21)]}
     (tmp_path / "2-ICD-10.json").write_text("{}")
@@ -143,3 +145,26 @@ def test_real_codiesp_x_files_load_and_fit_their_texts(codiesp_dir):
     assert sum(len(v) for v in whole.values()) == 4477  # one whole span per line of devX.tsv
     for (note, _), spans in fragments.items():
         assert all(0 <= s < e <= len(texts[note]) for s, e in spans)
+
+
+def test_mdace_notes_are_extracted_from_noteevents(tmp_path, run):
+    import gzip
+
+    admission = {"hadm_id": 1, "notes": [{"note_id": 7, "category": "Discharge summary", "annotations": [
+        {"begin": 0, "end": 4, "code": "I10", "code_system": "ICD-10-CM"}]}]}
+    (tmp_path / "mdace").mkdir()
+    (tmp_path / "mdace" / "1-ICD-10.json").write_text(json.dumps(admission))
+    rows = 'ROW_ID,SUBJECT_ID,TEXT\n6,1,"other note"\n7,1,"HTN, on lisinopril.\nStable."\n'
+    with gzip.open(tmp_path / "NOTEEVENTS.csv.gz", "wt") as handle:
+        handle.write(rows)
+    status, _, err = run("prepare", "mdace-notes", "--mdace", tmp_path / "mdace", "--noteevents",
+                         tmp_path / "NOTEEVENTS.csv.gz", "--out", tmp_path / "notes.jsonl")
+    assert status in (0, None), err
+    lines = (tmp_path / "notes.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [{"id": "7", "text": "HTN, on lisinopril.\nStable."}]
+    admission["notes"][0]["note_id"] = 8
+    (tmp_path / "mdace" / "1-ICD-10.json").write_text(json.dumps(admission))
+    status, _, err = run("prepare", "mdace-notes", "--mdace", tmp_path / "mdace", "--noteevents",
+                         tmp_path / "NOTEEVENTS.csv.gz", "--out", tmp_path / "notes2.jsonl")
+    assert status == 2 and "1 of the 1 MDACE notes are not there (ROW_ID 8)" in err
+    assert not (tmp_path / "notes2.jsonl").exists()

@@ -55,6 +55,7 @@ def run_demo(output: Path, *, dataset: Path | None = None, overrides: list[str] 
     code_example_note(model_dir, dataset, console)
     console.print(f"\n[green]Model folder:[/] {model_dir}  (load it with ICDCoder.from_pretrained; "
                   f"metrics in {output / 'eval'})   total {time.perf_counter() - started:.0f} s")
+    console.print(f"Code your own notes: clem-icd predict --model {model_dir} NOTE.txt --explain attingrad")
     return model_dir
 
 
@@ -72,15 +73,16 @@ def code_example_note(model_dir: Path, dataset: Path, console: Console) -> None:
         text, _ = synthetic_note(truth, rng)
     except Exception:  # a non-synthetic dataset's codes may have no phrases to compose from
         return
-    predicted = coder.predict([text], top_k=8)[0]
+    predicted = coder.predict([text], top_k=8, explain="attention")[0]
     console.print("\n[bold]4. A new note[/] (synthetic), coded:")
     console.print(f"   [dim]{text[:300].strip()} ...[/]")
     table = Table()
-    for column in ("code", "description", "probability", "in the note?"):
+    for column in ("code", "description", "probability", "in the note?", "evidence (attention)"):
         table.add_column(column)
     for item in predicted:
-        table.add_row(item["code"], item["description"][:60], f"{item['probability']:.2f}",
-                      "yes" if item["code"] in truth else "no")
+        evidence = "; ".join(f"'{span['text']}' {span['score']:.2f}" for span in item["evidence"][:2])
+        table.add_row(item["code"], item["description"][:50], f"{item['probability']:.2f}",
+                      "yes" if item["code"] in truth else "no", evidence)
     console.print(table)
     missed = [c for c in truth if c not in {p["code"] for p in predicted}]
     if missed:

@@ -121,3 +121,34 @@ def custom(
                               code_system=code_system, seed=seed, d_icd_diagnoses=d_icd_diagnoses,
                               d_icd_procedures=d_icd_procedures, overwrite=overwrite)
     report(manifest, out)
+
+
+@app.command("mdace-notes")
+def mdace_notes(
+    mdace: Path = typer.Option(..., "--mdace", help="MDACE annotation folder, e.g. MDACE/data/Inpatient/ICD-10/1.0."),
+    noteevents: Path = typer.Option(..., "--noteevents", help="MIMIC-III NOTEEVENTS.csv(.gz): the notes "
+                                    "MDACE's offsets refer to (ROW_ID = MDACE note_id)."),
+    out: Path = typer.Option(..., "--out", "-o", help="JSONL file of the annotated notes (id = ROW_ID, text) "
+                             "to run `clem-icd predict --explain ...` on; written atomically."),
+) -> None:
+    """The MIMIC-III notes that MDACE annotates with code evidence, as JSONL for `predict`; then
+    `clem-icd evaluate-evidence --gold MDACE_DIR --texts OUT` scores the evidence."""
+    import json
+
+    from clem_icd.atomic import write_text_atomic
+    from clem_icd.errors import ClemError
+    from clem_icd.evaluation.evidence import read_mdace
+    from clem_icd.inference.inputs import read_notes
+
+    wanted = {note for note, _ in read_mdace(mdace)}
+    found = {}
+    for record in read_notes([str(noteevents)], id_field="ROW_ID", text_field="TEXT"):
+        if record.id in wanted and record.error is None:
+            found[record.id] = record.text
+    missing = sorted(wanted - set(found), key=lambda x: (len(x), x))
+    if missing:
+        raise ClemError(f"{noteevents}: {len(missing)} of the {len(wanted)} MDACE notes are not there "
+                        f"(ROW_ID {', '.join(missing[:3])}); is it MIMIC-III v1.4 NOTEEVENTS?")
+    order = sorted(found, key=lambda x: (len(x), x))
+    write_text_atomic("".join(json.dumps({"id": i, "text": found[i]}) + "\n" for i in order), out)
+    console.print(f"[green]wrote[/] {out}: {len(order)} MDACE notes")

@@ -93,12 +93,15 @@ def read_prediction_jsonl(path: Path | str) -> Spans:
     return spans
 
 
-def read_mdace(folder: Path | str, code_systems: tuple[str, ...] = ("ICD-10-CM", "ICD-10-PCS"),
+MDACE_SYSTEMS = ("ICD-10-CM", "ICD-10-PCS", "ICD-9-CM", "ICD-9-PCS")  # not Profee's CPT
+
+
+def read_mdace(folder: Path | str, code_systems: tuple[str, ...] = MDACE_SYSTEMS,
                category: str | None = "Discharge summary") -> Spans:
-    """MDACE (Cheng et al. 2023) annotation files, `<hadm_id>-ICD-10.json` (or ICD-9): gold
-    spans per (note_id, code), note_id being MIMIC-III NOTEEVENTS ROW_ID and offsets
-    character offsets into its TEXT. Only notes of `category` (None: all) and codes of
-    `code_systems` are kept."""
+    """MDACE (Cheng et al. 2023) annotation files, `<hadm_id>-ICD-10.json` (or the ICD-9
+    folder's): gold spans per (note_id, code), note_id being MIMIC-III NOTEEVENTS ROW_ID and
+    offsets character offsets into its TEXT. Only notes of `category` (None: all; Edin et al.
+    2024 use discharge summaries) and codes of `code_systems` are kept."""
     folder = Path(folder)
     files = sorted(folder.rglob("*.json")) if folder.is_dir() else [folder]
     if not files:

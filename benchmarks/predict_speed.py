@@ -112,6 +112,7 @@ def main() -> None:
         codes = sum(len(r["codes"]) for r in output)
         results.append({"method": method, "seconds": seconds, "notes_per_second": len(texts) / seconds,
                         "codes_per_note": codes / len(texts), "peak_memory_mb": peak_memory_mb(device)})
+        print(f"  {method}: {seconds:.1f} s", flush=True)
     base = results[0]["seconds"]
     peak = "peak MB" if device.type == "cuda" else "RSS MB"  # on CPU: the process's peak so far
     print(f"{'method':<12}{'notes/s':>10}{'x time':>9}{'codes/note':>12}{peak:>10}")

@@ -147,6 +147,17 @@ def test_evidence_text_is_the_original_text_at_its_offsets(method, cleaning):
     assert last > first_window_end
 
 
+def test_very_long_note_windows_keep_exact_offsets_to_its_end():
+    coder = make_coder(max_length=512, text_cleaning="edin2023")
+    text = long_note(40_000)  # ~270k characters, ~60k tokens
+    (result,) = NotePredictor(coder, PredictOptions(threshold=0.0, explain="attention", window_stride=256,
+                                                    evidence_threshold=0.0, precision="fp32")).predict([text])
+    assert result["truncated"] is False
+    spans = [span for code in result["codes"] for span in code["evidence"]]
+    assert all(text[s["start"]:s["end"]] == s["text"] for s in spans)
+    assert max(s["end"] for s in spans) > len(text) // 2  # evidence from windows far into the note
+
+
 def _direct_input_x_gradient(coder, text: str, code: int) -> np.ndarray:
     ids, mask = pad_batch(coder.tokenize([text]), 0)
     captured = []

@@ -77,16 +77,20 @@ def predict(
     predictor = make_predictor(load_model(model, device=device), options)
 
     failed = coded = 0
-    with RecordWriter(out, format) as writer, progress_bar("coding notes", count_notes(inputs or [])) as update:
-        for record in code_records(predictor, read_notes(inputs or [], id_field=id_field, text_field=text_field),
-                                   progress=update):
-            writer.write(record)
-            if "error" in record:
-                failed += 1
-                if format.startswith("codiesp"):
-                    console.print(f"error: {record['error']}", markup=False, highlight=False)
-            else:
-                coded += 1
+    records = read_notes(inputs or [], id_field=id_field, text_field=text_field)
+    try:
+        with RecordWriter(out, format) as writer, progress_bar("coding notes", count_notes(inputs or [])) as update:
+            for record in code_records(predictor, records, progress=update):
+                writer.write(record)
+                if "error" in record:
+                    failed += 1
+                    if format.startswith("codiesp"):
+                        console.print(f"error: {record['error']}", markup=False, highlight=False)
+                else:
+                    coded += 1
+    except torch.OutOfMemoryError:
+        raise ClemError(f"out of {device} memory at --batch-size {batch_size}"
+                        f"{' with --explain ' + explain if explain else ''}: try a smaller --batch-size") from None
     console.print(f"coded {coded} note(s)" + (f"; {failed} record(s) could not be coded" if failed else "")
                   + (f" -> {out}" if out else ""), markup=False, highlight=False)
     if failed:

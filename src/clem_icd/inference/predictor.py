@@ -94,45 +94,47 @@ class NotePredictor:
         requested = None if codes is None else self._code_indices(codes, len(texts))
         windows = self._windows(notes)
         explain = self.options.explain
-        by_note: dict[int, list[int]] = defaultdict(list)
-        for index, window in enumerate(windows):
-            by_note[window.note].append(index)
-        single = [w for w in windows if len(by_note[w.note]) == 1]
-        multi = [w for w in windows if len(by_note[w.note]) > 1]
-
+        windows_of: dict[int, int] = defaultdict(int)
+        for window in windows:
+            windows_of[window.note] += 1
         probabilities = np.zeros((len(texts), len(self.coder.codes)), dtype=np.float32)
         chosen: dict[int, list[int]] = {}
         evidence: dict[tuple[int, int], list[dict]] = {}
-        # Notes read in one window: scores, codes and explanations in one pass.
-        for batch in self._batches(single):
+
+        # Notes read in one window, with no explanation or attention (no backward pass): scores,
+        # codes and explanations in one pass.
+        one_pass = explain in (None, "attention")
+        rest = [w for w in windows if not one_pass or windows_of[w.note] > 1]
+        for batch in self._batches([w for w in windows if one_pass and windows_of[w.note] == 1]):
             given = None if requested is None else [requested[w.note] for w in batch]
             logits, attributions = self._run(notes, batch, codes=given)
             for window, row, scores in zip(batch, logits, attributions):
                 probabilities[window.note] = _sigmoid(row)
-                chosen[window.note] = (self._choose(probabilities[window.note]) if requested is None
-                                       else requested[window.note])
+                chosen[window.note] = self._choose(probabilities[window.note]) if requested is None else requested[window.note]
                 for code, token_scores in scores.items():
                     evidence[window.note, code] = self._spans(texts, notes, window, token_scores)
-        # Windowed notes: score every window, max-pool, then explain each chosen code in the
-        # window that gave its maximum.
-        if multi:
-            logits = self._score(notes, multi)
-            best_window: dict[int, np.ndarray] = {}
-            for note in {w.note for w in multi}:
-                rows = [i for i, w in enumerate(multi) if w.note == note]
+
+        # The others: score every window, max-pool per note, choose the codes, then explain
+        # each code in the window that gave its maximum.
+        if rest:
+            logits = self._score(notes, rest)
+            rows_of: dict[int, list[int]] = defaultdict(list)
+            for row, window in enumerate(rest):
+                rows_of[window.note].append(row)
+            wanted: dict[Window, list[int]] = defaultdict(list)
+            for note, rows in rows_of.items():
                 probabilities[note] = _sigmoid(logits[rows].max(axis=0))
-                best_window[note] = np.asarray(rows)[logits[rows].argmax(axis=0)]
                 chosen[note] = self._choose(probabilities[note]) if requested is None else requested[note]
-            if explain:
-                wanted: dict[Window, list[int]] = defaultdict(list)
-                for note, codes in ((n, chosen[n]) for n in best_window):
-                    for code in codes:
-                        wanted[multi[best_window[note][code]]].append(code)
-                for batch in self._batches(list(wanted)):
-                    _, attributions = self._run(notes, batch, codes=[wanted[w] for w in batch])
-                    for window, scores in zip(batch, attributions):
-                        for code, token_scores in scores.items():
-                            evidence[window.note, code] = self._spans(texts, notes, window, token_scores)
+                best = np.asarray(rows)[logits[rows].argmax(axis=0)]
+                for code in chosen[note] if explain else []:
+                    wanted[rest[best[code]]].append(code)
+            # A batch costs one backward pass per code of its window with the most codes, so
+            # windows with similar numbers of codes are batched together.
+            for batch in self._batches(list(wanted), key=lambda w: (len(wanted[w]), w.end - w.start)):
+                _, attributions = self._run(notes, batch, codes=[wanted[w] for w in batch])
+                for window, scores in zip(batch, attributions):
+                    for code, token_scores in scores.items():
+                        evidence[window.note, code] = self._spans(texts, notes, window, token_scores)
 
         results = []
         for index, note in enumerate(notes):
@@ -164,8 +166,8 @@ class NotePredictor:
         return [w for i, note in enumerate(notes)
                 for w in note_windows(i, len(note.ids), self.capacity, self.options.window_stride)]
 
-    def _batches(self, windows: list[Window]) -> list[list[Window]]:
-        ordered = sorted(windows, key=lambda w: w.end - w.start)
+    def _batches(self, windows: list[Window], key=None) -> list[list[Window]]:
+        ordered = sorted(windows, key=key or (lambda w: w.end - w.start))
         size = self.options.batch_size
         return [ordered[i:i + size] for i in range(0, len(ordered), size)]
 

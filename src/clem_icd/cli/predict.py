@@ -50,8 +50,8 @@ def predict(
                                   "natively, else fp32), fp32, bf16 or fp16."),
 ) -> None:
     """Code notes: each note gets its codes with system, description, probability and, with
-    --explain, evidence spans {start, end, score, text} where text == note[start:end] in the
-    original note. Records that cannot be coded (empty, not UTF-8, binary, missing id or text,
+    --explain, evidence spans {start, end, score, text}: character offsets into the note as given
+    (text is exactly the note's characters from start to end). Records that cannot be coded (empty, not UTF-8, binary, missing id or text,
     duplicate id) get {"id", "error"} and the others are coded; the exit status is then 3."""
     import torch
 

@@ -207,9 +207,8 @@ def test_tfidf_models_predict_but_do_not_explain(tmp_path, run):
 
 
 def test_explanations_of_the_trigger_model_through_the_cli(trigger_model, tmp_path, run):
-    from trigger_fixture import trigger_note
-
     import numpy as np
+    from trigger_fixture import trigger_note
 
     rng = np.random.default_rng(5)
     notes = [trigger_note(rng) for _ in range(6)]

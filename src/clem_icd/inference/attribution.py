@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from clem_icd.errors import ClemError
+
 EXPLAIN_METHODS = ("attention", "attingrad", "inputxgrad")
 
 
@@ -36,8 +38,9 @@ def _tokens_of_chunks(values: torch.Tensor, mask: torch.Tensor, chunk_size: int)
     padded = nn.functional.pad(mask, (0, chunks * chunk_size - length)).reshape(batch * chunks, chunk_size)
     used = padded.any(dim=1).nonzero().squeeze(1)
     if values.shape != (len(used), chunk_size):
-        raise RuntimeError(f"embedding output of shape {tuple(values.shape)} does not match the "
-                           f"{len(used)} chunks of {chunk_size} tokens (unpadded attention?)")
+        # flash-attention encoders (e.g. ModernBERT) may drop padding before the embeddings.
+        raise ClemError(f"gradient explanations need the encoder's embeddings in padded form, got shape "
+                        f"{tuple(values.shape)}: load the model with attn_implementation 'sdpa' or 'eager'")
     full = values.new_zeros(batch * chunks, chunk_size).index_copy(0, used, values)
     return full.reshape(batch, chunks * chunk_size)[:, :length]
 

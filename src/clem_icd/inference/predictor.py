@@ -31,7 +31,6 @@ from clem_icd.inference.tokens import (
 )
 from clem_icd.precision import autocast_dtype
 
-
 # Word-share thresholds that maximised word-level F1 against CodiEsp-X gold evidence (gold codes
 # explained, 100 train notes, MiniLM cross-attention model on the Spanish text; see
 # docs/results.md). Gradient-weighted attributions concentrate on fewer words, so their best

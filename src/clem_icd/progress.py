@@ -39,4 +39,5 @@ def progress_bar(description: str, total: float | None, *, bytes_: bool = False
                   console=_console, transient=False) as progress:
         task = progress.add_task(description, total=total)
         yield lambda completed: progress.update(task, completed=completed)
-        progress.update(task, completed=total if total is not None else 0)
+        if total is not None:  # a bar of unknown length keeps the count it reached
+            progress.update(task, completed=total)

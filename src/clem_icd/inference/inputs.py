@@ -248,7 +248,9 @@ def read_notes(inputs: list[str], *, id_field: str = "id", text_field: str = "te
 
 def count_notes(inputs: list[str]) -> int | None:
     """How many records the inputs hold, when that is cheap to know (files and folders of
-    single notes, JSONL line counts); None otherwise."""
+    single notes, JSONL line counts); None otherwise (stdin, CSV, Parquet)."""
+    if not inputs:
+        return None
     total = 0
     for path in inputs:
         source = Path(path)

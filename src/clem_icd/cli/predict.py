@@ -62,11 +62,10 @@ def predict(
     from clem_icd.inference.loader import load_model
     from clem_icd.inference.predictor import PredictOptions
     from clem_icd.inference.run import code_records, make_predictor
-    from clem_icd.inference.writers import FORMATS, RecordWriter
+    from clem_icd.inference.writers import RecordWriter, check_format
     from clem_icd.progress import progress_bar
 
-    if format not in FORMATS:
-        raise ClemError(f"--format must be one of {', '.join(FORMATS)}, got '{format}'")
+    check_format(format)  # before the model loads
     if format == "codiesp-x" and not explain:
         raise ClemError("--format codiesp-x writes evidence spans: add --explain attingrad (or attention)")
     if not inputs and sys.stdin.isatty():

@@ -180,8 +180,7 @@ class NotePredictor:
         return [ordered[i:i + size] for i in range(0, len(ordered), size)]
 
     def _choose(self, row: np.ndarray) -> list[int]:
-        order = np.argsort(-row, kind="stable")
-        return [int(j) for j in order[: self.options.top_k] if row[j] > self.threshold]
+        return choose_codes(row, self.threshold, self.options.top_k)
 
     def _score(self, notes: list[EncodedNote], windows: list[Window]) -> np.ndarray:
         """Logits (windows, codes) in the order of `windows`."""
@@ -225,6 +224,12 @@ class NotePredictor:
                               note.words[window.start:window.end], token_scores,
                               threshold=self.options.evidence_threshold, words=self.options.evidence_words,
                               max_spans=self.options.max_spans)
+
+
+def choose_codes(probabilities: np.ndarray, threshold: float, top_k: int | None) -> list[int]:
+    """Columns scored above the threshold, best first (ties by column order), at most top_k."""
+    order = np.argsort(-probabilities, kind="stable")[:top_k]
+    return [int(j) for j in order if probabilities[j] > threshold]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

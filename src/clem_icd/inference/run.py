@@ -7,11 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-import numpy as np
-
 from clem_icd.errors import ClemError
 from clem_icd.inference.inputs import NoteRecord
-from clem_icd.inference.predictor import NotePredictor, PredictOptions
+from clem_icd.inference.predictor import NotePredictor, PredictOptions, choose_codes
 
 
 class TfidfPredictor:
@@ -30,9 +28,8 @@ class TfidfPredictor:
     def predict(self, texts: list[str]) -> list[dict]:
         results = []
         for row in self.model.predict_proba(texts):
-            order = np.argsort(-row, kind="stable")[: self.options.top_k]
             codes = [{"code": self.model.codes[j], "system": self.systems[j], "description": self.descriptions[j],
-                      "probability": float(row[j])} for j in order if row[j] > self.threshold]
+                      "probability": float(row[j])} for j in choose_codes(row, self.threshold, self.options.top_k)]
             results.append({"codes": codes, "truncated": False})
         return results
 

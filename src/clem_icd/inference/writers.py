@@ -26,15 +26,18 @@ from clem_icd.errors import ClemError
 from clem_icd.inference import fhir
 
 FORMATS = ("jsonl", "fhir", "codiesp", "codiesp-x")
-_PROCEDURES = {"icd10pcs", "icd9pcs"}
+
+
+def check_format(format: str) -> None:
+    if format not in FORMATS:
+        raise ClemError(f"--format must be one of {', '.join(FORMATS)}, got '{format}'")
 
 
 class RecordWriter:
     """`write(record)` in input order, then `close()` (or use it as a context manager)."""
 
     def __init__(self, out: Path | None, format: str, stream: TextIO | None = None):
-        if format not in FORMATS:
-            raise ClemError(f"--format must be one of {', '.join(FORMATS)}, got '{format}'")
+        check_format(format)
         self.format = format
         self.out = out
         self._tmp: str | None = None
@@ -67,7 +70,7 @@ class RecordWriter:
                 self._handle.write(f"{record['id']}\t{code['code'].lower()}\n")
         else:
             for code in record["codes"]:
-                label = "PROCEDIMIENTO" if code.get("system") in _PROCEDURES else "DIAGNOSTICO"
+                label = "PROCEDIMIENTO" if code.get("system") in fhir.PROCEDURE_SYSTEMS else "DIAGNOSTICO"
                 for span in code.get("evidence", []):
                     self._handle.write(f"{record['id']}\t{span['start']} {span['end']}\t{label}\t{code['code'].lower()}\n")
         if self.out is None:

@@ -85,15 +85,12 @@ class NotePredictor:
 
     # ------------------------------------------------------------------ public
 
-    def probabilities(self, texts: list[str]) -> tuple[np.ndarray, list[bool]]:
-        """(len(texts), codes) probabilities and, per text, whether tokens were left unread."""
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), codes) probabilities, each code's maximum over a note's windows."""
         notes = encode_notes(self.coder.tokenizer, texts, self.coder.config.text_cleaning)
         windows = self._windows(notes)
-        logits = self._score(notes, windows)
-        pooled = np.full((len(texts), len(self.coder.codes)), -np.inf, dtype=np.float32)
-        for window, row in zip(windows, logits):
-            np.maximum(pooled[window.note], row, out=pooled[window.note])
-        return _sigmoid(pooled), [self._truncated(n) for n in notes]
+        pooled, _ = self._pool(len(notes), windows, self._score(notes, windows))
+        return _sigmoid(pooled)
 
     def predict(self, texts: list[str], codes: list[list[str]] | None = None) -> list[dict]:
         """One result per text. `codes` (per text) replaces the threshold's choice: exactly
@@ -125,17 +122,13 @@ class NotePredictor:
         # The others: score every window, max-pool per note, choose the codes, then explain
         # each code in the window that gave its maximum.
         if rest:
-            logits = self._score(notes, rest)
-            rows_of: dict[int, list[int]] = defaultdict(list)
-            for row, window in enumerate(rest):
-                rows_of[window.note].append(row)
+            pooled, best = self._pool(len(notes), rest, self._score(notes, rest))
             wanted: dict[Window, list[int]] = defaultdict(list)
-            for note, rows in rows_of.items():
-                probabilities[note] = _sigmoid(logits[rows].max(axis=0))
+            for note in {w.note for w in rest}:
+                probabilities[note] = _sigmoid(pooled[note])
                 chosen[note] = self._choose(probabilities[note]) if requested is None else requested[note]
-                best = np.asarray(rows)[logits[rows].argmax(axis=0)]
                 for code in chosen[note] if explain else []:
-                    wanted[rest[best[code]]].append(code)
+                    wanted[rest[best[note, code]]].append(code)
             # A batch costs one backward pass per code of its window with the most codes, so
             # windows with similar numbers of codes are batched together.
             for batch in self._batches(list(wanted), key=lambda w: (len(wanted[w]), w.end - w.start)):
@@ -181,6 +174,17 @@ class NotePredictor:
 
     def _choose(self, row: np.ndarray) -> list[int]:
         return choose_codes(row, self.threshold, self.options.top_k)
+
+    def _pool(self, n_notes: int, windows: list[Window], logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per note and code, the maximum logit over the note's windows and the index (into
+        `windows`) of the first window that reached it."""
+        pooled = np.full((n_notes, logits.shape[1]), -np.inf, dtype=np.float32)
+        best = np.zeros((n_notes, logits.shape[1]), dtype=np.int64)
+        for index, (window, row) in enumerate(zip(windows, logits)):
+            better = row > pooled[window.note]
+            pooled[window.note, better] = row[better]
+            best[window.note, better] = index
+        return pooled, best
 
     def _score(self, notes: list[EncodedNote], windows: list[Window]) -> np.ndarray:
         """Logits (windows, codes) in the order of `windows`."""

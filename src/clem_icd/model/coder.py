@@ -124,12 +124,9 @@ class ICDCoder(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-               inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Token states (batch, tokens', hidden) of the chunked encoder; tokens' is tokens
-        rounded up to a multiple of chunk_size, the extra positions are padding. With
-        `inputs_embeds` (batch, tokens, hidden) the encoder reads those instead of looking up
-        `input_ids` (explanations take gradients with respect to them)."""
+        rounded up to a multiple of chunk_size, the extra positions are padding."""
         batch, length = input_ids.shape
         size = self.config.chunk_size
         chunks = math.ceil(length / size)
@@ -137,22 +134,16 @@ class ICDCoder(nn.Module):
         if pad:
             input_ids = nn.functional.pad(input_ids, (0, pad), value=self.tokenizer.pad_token_id or 0)
             attention_mask = nn.functional.pad(attention_mask, (0, pad), value=0)
-            if inputs_embeds is not None:
-                inputs_embeds = nn.functional.pad(inputs_embeds, (0, 0, 0, pad))
         ids = input_ids.reshape(batch * chunks, size)
         mask = attention_mask.reshape(batch * chunks, size)
         used = mask.any(dim=1).nonzero().squeeze(1)  # chunks of pure padding are never encoded
-        if inputs_embeds is None:
-            states = self.encoder(input_ids=ids[used], attention_mask=mask[used]).last_hidden_state
-        else:
-            embeds = inputs_embeds.reshape(batch * chunks, size, -1)[used]
-            states = self.encoder(inputs_embeds=embeds, attention_mask=mask[used]).last_hidden_state
+        states = self.encoder(input_ids=ids[used], attention_mask=mask[used]).last_hidden_state
         hidden = states.new_zeros(batch * chunks, size, states.shape[-1]).index_copy(0, used, states)
         return hidden.reshape(batch, chunks * size, -1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                return_attention: bool = False, inputs_embeds: torch.Tensor | None = None):
-        hidden = self.encode(input_ids, attention_mask, inputs_embeds)
+                return_attention: bool = False):
+        hidden = self.encode(input_ids, attention_mask)
         mask = attention_mask.bool()
         if hidden.shape[1] != mask.shape[1]:
             mask = nn.functional.pad(mask, (0, hidden.shape[1] - mask.shape[1]), value=False)
@@ -178,7 +169,7 @@ class ICDCoder(nn.Module):
         options = PredictOptions(batch_size=batch_size, window_stride=window_stride, precision=precision)
         was_training = self.training
         try:
-            return NotePredictor(self, options).probabilities(list(texts))[0]
+            return NotePredictor(self, options).probabilities(list(texts))
         finally:
             self.train(was_training)
 

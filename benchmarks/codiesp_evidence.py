@@ -12,6 +12,10 @@ can be chosen on one split and reported on another.
 
     python benchmarks/codiesp_evidence.py --model runs/codiesp_es/minilm_cross_desc \
         --codiesp ../shared/data/codiesp --split dev --methods attention,attingrad --out runs/codiesp_es/evidence_dev.json
+
+Needs the CodiEsp distribution: --codiesp, by default ../shared/data/codiesp beside the repository
+(or $CLEM_ICD_SHARED_DATA/codiesp), with SPLIT/SPLITX.tsv and SPLIT/text_files; without it, it
+stops with one line "error: needs ../shared/data/codiesp/...: not found" and exit status 2.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ import sys
 import time
 from pathlib import Path
 
+from _shared import SHARED_DATA, require
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from clem_icd.evaluation.evidence import codiesp_x_metrics, read_codiesp_x, token_metrics  # noqa: E402
+from clem_icd.evaluation.evidence_metrics import codiesp_x_metrics, read_codiesp_x, token_metrics  # noqa: E402
 from clem_icd.inference import NotePredictor, PredictOptions  # noqa: E402
-from clem_icd.inference.evidence import evidence_spans  # noqa: E402
 from clem_icd.inference.inputs import read_notes  # noqa: E402
+from clem_icd.inference.spans import evidence_spans  # noqa: E402
 from clem_icd.model import ICDCoder  # noqa: E402
 
 THRESHOLDS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.08, 0.1, 0.15, 0.2)
@@ -51,7 +57,7 @@ def canonical(code: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--codiesp", required=True, help="CodiEsp folder (train/, dev/)")
+    parser.add_argument("--codiesp", help="CodiEsp folder (train/, dev/); default ../shared/data/codiesp")
     parser.add_argument("--split", default="dev")
     parser.add_argument("--methods", default="attention,attingrad")
     parser.add_argument("--settings", default="predicted,gold")
@@ -59,7 +65,11 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
-    root = Path(args.codiesp) / args.split
+    folder, name = ((Path(args.codiesp), args.codiesp) if args.codiesp
+                    else (SHARED_DATA / "codiesp", "../shared/data/codiesp"))
+    root = Path(folder) / args.split
+    for part in (f"{args.split}X.tsv", "text_files"):
+        require(root / part, f"{name}/{args.split}/{part}")
     gold_fragments, gold_whole = read_codiesp_x(root / f"{args.split}X.tsv")
     records = [r for r in read_notes([str(root / "text_files")]) if r.error is None]
     records = sorted(records, key=lambda r: r.id)[: args.limit]

@@ -11,6 +11,8 @@ RECIPES=${*:-"tfidf minilm_laat minilm_cross minilm_laat_desc minilm_cross_desc"
 SHARED=../shared
 export HF_HUB_OFFLINE=1
 mkdir -p "$OUT"
+# Every code gets a description without flags (CM: simple-icd-10-cm, PCS: the CMS table of the
+# drg package; counts per rule in data/manifest.json "descriptions"), for the *_desc recipes.
 [ -f "$OUT/data/manifest.json" ] || clem-icd -q prepare codiesp --codiesp-dir $SHARED/data/codiesp --out "$OUT/data"
 # Valid-code lists so D and P are scored separately, as the two official tracks are.
 python - "$OUT/data" <<'PY'
@@ -21,7 +23,7 @@ for system, name in (("icd10cm", "D"), ("icd10pcs", "P")):
 PY
 for recipe in $RECIPES; do
   start=$(date +%s)
-  clem-icd -q train --config configs/codiesp/$recipe.yaml --data "$OUT/data" --output "$OUT/$recipe"
+  clem-icd -q train --config codiesp/$recipe --data "$OUT/data" --output "$OUT/$recipe"
   clem-icd -q evaluate --model "$OUT/$recipe" --data "$OUT/data" --split val --out "$OUT/$recipe/eval_val" --baseline none > "$OUT/$recipe/eval_val.txt"
   for task in D P; do
     map=$(python $SHARED/tools/codiesp_map.py $SHARED/data/codiesp/dev/dev$task.tsv "$OUT/$recipe/eval_val/model_ranking.tsv" "$OUT/data/valid_$task.txt")

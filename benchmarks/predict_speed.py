@@ -1,7 +1,9 @@
 """Notes per second of `predict`, without and with each explanation method, side by side in one
 process on the same notes (this machine is noisy: compare the ratios, not absolute times).
 
-A trained model on real notes (the issue's measurement, 2 CPU cores):
+A trained model on real notes (the issue's measurement, 2 CPU cores; needs the CodiEsp notes of
+../shared/data beside the repository - a missing --notes path stops with one line
+"error: needs PATH: not found" and exit status 2):
     python benchmarks/predict_speed.py --model runs/codiesp/minilm_cross_desc \
         --notes ../shared/data/codiesp/dev/text_files_en
 A randomly initialised ModernBERT-base coder with the MIMIC-IV label count on generated
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _shared import require
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -68,7 +71,8 @@ def peak_memory_mb(device: torch.device) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="trained model folder")
-    parser.add_argument("--notes", help="notes to code: folder of text files, JSONL, CSV, Parquet")
+    parser.add_argument("--notes", help="notes to code: folder of text files, JSONL, CSV, Parquet (e.g. "
+                        "../shared/data/codiesp/dev/text_files_en)")
     parser.add_argument("--limit", type=int, default=None, help="code at most this many notes")
     parser.add_argument("--random-modernbert-base", action="store_true")
     parser.add_argument("--tokenizer", help="tokenizer folder for the random encoder")
@@ -86,6 +90,8 @@ def main() -> None:
     args = parser.parse_args()
     if not args.model and not args.random_modernbert_base:
         parser.error("give --model or --random-modernbert-base")
+    if args.notes:
+        require(args.notes)
 
     coder, texts = build(args)
     device = coder.device

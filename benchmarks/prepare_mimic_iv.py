@@ -10,6 +10,10 @@ and prints wall time and peak RSS of both and their ratio. Usage:
 
     python benchmarks/prepare_mimic_iv.py --admissions 20000 --note-chars 12000
     python benchmarks/prepare_mimic_iv.py --demo   # the test fixture: demo tables + planted cases
+
+Needs ../shared/data/mimic-iv-demo-2.2 (and, with --demo, ../shared/data/splits/
+mimiciv_icd10_split.feather) beside the repository, or CLEM_ICD_SHARED_DATA=FOLDER; without
+them it stops with one line "error: needs ../shared/data/...: not found" and exit status 2.
 """
 
 from __future__ import annotations
@@ -26,12 +30,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.feather as feather
+from _shared import SHARED_DATA, shared_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from mimic_fixture import NOTE_COLUMNS, WORDS, build_mimic_iv, read_gz_csv, write_gz_csv  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-DEMO = SHARED / "mimic-iv-demo-2.2"
+DEMO = SHARED_DATA / "mimic-iv-demo-2.2"
 
 
 def build(root: Path, admissions: int, note_chars: int, seed: int = 0) -> Path:
@@ -85,11 +89,14 @@ def main() -> None:
     parser.add_argument("--note-chars", type=int, default=12_000)
     parser.add_argument("--demo", action="store_true", help="the test fixture instead of a scaled one")
     args = parser.parse_args()
+    shared_path("mimic-iv-demo-2.2")
+    if args.demo:
+        shared_path("splits/mimiciv_icd10_split.feather")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if args.demo:
             build_mimic_iv(DEMO, root)
-            split_file = SHARED / "splits" / "mimiciv_icd10_split.feather"
+            split_file = SHARED_DATA / "splits" / "mimiciv_icd10_split.feather"
             args.admissions = len(read_gz_csv(DEMO / "hosp" / "admissions.csv.gz"))
         else:
             split_file = build(root, args.admissions, args.note_chars)

@@ -21,7 +21,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
 from trigger_fixture import train_trigger_model, trigger_note  # noqa: E402
 
-from clem_icd.evaluation.evidence import token_metrics  # noqa: E402
+from clem_icd.evaluation.evidence_metrics import token_metrics  # noqa: E402
 from clem_icd.model import ICDCoder  # noqa: E402
 
 

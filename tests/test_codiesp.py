@@ -7,6 +7,7 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from clem_icd.data.codiesp import prepare_codiesp
@@ -117,6 +118,30 @@ def test_manifest_records_inputs(prepared, codiesp_dir):
 
 
 @pytest.mark.shared_data
+def test_every_code_has_a_description_without_flags(prepared, codiesp_dir):
+    """Every D and P code of the real corpus is described out of the box: full CM codes by the
+    tabular list, CM codes without their 7th character by their parent, full PCS codes by the
+    CMS table, PCS prefixes by what their codes share, retired PCS codes by their prefix."""
+    import simple_icd_10_cm as cm
+
+    for name in ("en", "es", "en_d"):
+        codes = prepared[name].codes
+        missing = codes.filter(pl.col("description").fill_null("").str.strip_chars() == "")
+        assert missing.height == 0, (name, missing["code"].to_list()[:10])
+    codes = prepared["en"].codes
+    assert set(codes["code"]) == set().union(*expected_codes(codiesp_dir).values())
+    descriptions = dict(codes.select("code", "description").iter_rows())
+    assert descriptions["S02.0XX"] == cm.get_description("S02.0") == "Fracture of vault of skull"
+    assert descriptions["BW20"] == "Computerized Tomography (CT Scan) of Abdomen"
+    assert descriptions["R52"] == "Pain, unspecified"
+    rules = prepared["en"].manifest["descriptions"]
+    assert set(rules) == {"icd10cm", "icd10pcs"} and "none" not in rules["icd10cm"] | rules["icd10pcs"]
+    assert rules["icd10cm"]["icd10cm_parent"] == 76 and rules["icd10pcs"]["icd10pcs_prefix"] == 437
+    assert sum(rules["icd10cm"].values()) + sum(rules["icd10pcs"].values()) == codes.height
+    assert prepared["en"].manifest["code_check"]["unchecked_systems"] == []
+
+
+@pytest.mark.shared_data
 def test_cli_with_pcs_table(cli, codiesp_dir, mimic_iv_demo, tmp_path):
     """The real command in a fresh interpreter, with PCS descriptions from the demo table."""
     out = tmp_path / "codiesp"
@@ -128,6 +153,9 @@ def test_cli_with_pcs_table(cli, codiesp_dir, mimic_iv_demo, tmp_path):
     descriptions = dict(codes.select("code", "description").iter_rows())
     assert descriptions["BW03ZZZ"]  # a full PCS code described by the table
     assert descriptions["R52"] == "Pain, unspecified"
+    # The table takes precedence: the retired 3E0T3CZ gets its own title from it.
+    assert descriptions["3E0T3CZ"].startswith("Introduction of Regional Anesthetic")
+    assert all(descriptions.values())
 
 
 # ---------------------------------------------------------------- constructed folders
@@ -166,6 +194,11 @@ def test_small_corpus(tmp_path, run):
     assert counts["duplicate_code_rows"] == {"train": 1, "val": 1}
     assert dataset.manifest["options"] == {"language": "en", "tasks": ["P", "D"],
                                            "target_order": "P codes, then D codes"}
+    # Descriptions without any flag: a full PCS code, a PCS prefix, CM codes.
+    descriptions = dict(dataset.codes.select("code", "description").iter_rows())
+    assert descriptions == {"BW03ZZZ": "Plain Radiography of Chest", "BN20": "Computerized Tomography (CT Scan) of Skull",
+                            "R52": "Pain, unspecified", "A23.9": "Brucellosis, unspecified",
+                            "N44.8": "Other noninflammatory disorders of the testis"}
 
 
 def test_only_a_test_folder_and_spanish_p_only(tmp_path, run):

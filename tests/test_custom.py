@@ -69,7 +69,7 @@ def documents(out: Path) -> dict[str, tuple]:
 @pytest.mark.parametrize("name", ["notes.csv", "notes.tsv", "notes.jsonl", "notes.ndjson", "notes.parquet"])
 def test_round_trip(name, tmp_path):
     source = write(tmp_path / name)
-    manifest = prepare_custom(source, tmp_path / "out")
+    manifest = prepare_custom(source, tmp_path / "out").manifest
     assert documents(tmp_path / "out") == EXPECTED
     assert PreparedDataset.load(tmp_path / "out").documents["id"].to_list() == [d[0] for d in DOCS]
     assert manifest["options"]["split_method"] == "column 'split'"
@@ -118,7 +118,7 @@ def test_long_format_rows_are_merged(tmp_path):
                       '2,"Other note",E11.9,test\n'
                       '1,"Same note",0DT70ZZ;I10,train\n'
                       '1,"Same note",,train\n', encoding="utf-8")
-    manifest = prepare_custom(source, tmp_path / "out")
+    manifest = prepare_custom(source, tmp_path / "out").manifest
     assert documents(tmp_path / "out") == {"1": ("Same note", ["I10", "0DT70ZZ"], "train"),
                                            "2": ("Other note", ["E11.9"], "test")}
     assert manifest["counts"]["rows"] == 4
@@ -130,9 +130,21 @@ def test_long_format_rows_are_merged(tmp_path):
 def test_explicit_code_system(system, raw, code, tmp_path):
     source = tmp_path / "notes.csv"
     source.write_text(f"id,text,codes,split\n1,note,{raw},train\n", encoding="utf-8")
-    manifest = prepare_custom(source, tmp_path / "out", code_system=system)
+    manifest = prepare_custom(source, tmp_path / "out", code_system=system).manifest
     assert PreparedDataset.load(tmp_path / "out").codes.select("code", "system").rows() == [(code, system)]
     assert manifest["options"]["code_system"] == system
+
+
+def test_descriptions_without_code_tables(tmp_path):
+    """ICD-10-CM and ICD-10-PCS descriptions come with the packages: no table, no flag."""
+    source = write(tmp_path / "notes.csv")
+    prepared = prepare_custom(source, tmp_path / "out")
+    descriptions = dict(PreparedDataset.load(tmp_path / "out").codes.select("code", "description").iter_rows())
+    assert descriptions["0DT70ZZ"].startswith("Resection of Stomach")
+    assert all(descriptions.values())
+    assert prepared.manifest["descriptions"]["icd10pcs"] == {"icd10pcs": 1}
+    assert prepared.manifest["code_check"]["unchecked_systems"] == []
+    assert prepared.report.summary() is None  # every code known
 
 
 @pytest.mark.shared_data
@@ -140,7 +152,7 @@ def test_code_tables_give_descriptions(tmp_path, mimic_iv_demo):
     source = write(tmp_path / "notes.csv")
     hosp = mimic_iv_demo / "hosp"
     manifest = prepare_custom(source, tmp_path / "out", d_icd_diagnoses=hosp / "d_icd_diagnoses.csv.gz",
-                              d_icd_procedures=hosp / "d_icd_procedures.csv.gz")
+                              d_icd_procedures=hosp / "d_icd_procedures.csv.gz").manifest
     descriptions = dict(PreparedDataset.load(tmp_path / "out").codes.select("code", "description").iter_rows())
     assert "Resection of Stomach" in descriptions["0DT70ZZ"]
     assert descriptions["I10"] == "Essential (primary) hypertension"
@@ -160,7 +172,7 @@ def many_docs(n: int = 300) -> list[tuple]:
 def test_split_is_made_when_the_file_has_none(tmp_path):
     source = tmp_path / "notes.csv"
     frame(many_docs()).drop("split").write_csv(source)
-    manifest = prepare_custom(source, tmp_path / "a", seed=42)
+    manifest = prepare_custom(source, tmp_path / "a", seed=42).manifest
     prepare_custom(source, tmp_path / "b", seed=42)
     prepare_custom(source, tmp_path / "c", seed=43)
     splits = {name: [s for _, _, s in documents(tmp_path / name).values()] for name in "abc"}

@@ -11,7 +11,7 @@ def test_demo_runs_offline_and_reports(tmp_path, run, monkeypatch):
     minilm_path()  # skips (or fails under CI) without the packaged MiniLM
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "demo"
-    code, stdout, err = run("demo", "--output", out, "--documents", "120", "epochs=1", "max_length=128", "chunk_size=128")
+    code, stdout, err = run("demo", "--output", out, "--documents", "120", "train.epochs=1", "model.max_length=128", "model.chunk_size=128")
     assert code in (0, None), err
     assert "synthetic" in stdout.lower() and "Model folder" in stdout
     results = json.loads((out / "eval" / "metrics.json").read_text())["results"]

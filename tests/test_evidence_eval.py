@@ -8,7 +8,7 @@ import json
 import pytest
 
 from clem_icd.errors import ClemError
-from clem_icd.evaluation.evidence import (
+from clem_icd.evaluation.evidence_metrics import (
     codiesp_x_metrics,
     read_codiesp_x,
     read_mdace,

@@ -12,14 +12,14 @@ import torch
 from model_fixtures import minilm_path, tiny_bert
 from transformers import AutoTokenizer
 
+from clem_icd.batching import pad_batch
 from clem_icd.data.text import clean_text, clean_text_series, clean_text_with_offsets
 from clem_icd.errors import ClemError
 from clem_icd.inference import NotePredictor, PredictOptions
 from clem_icd.inference.attribution import token_attributions
-from clem_icd.inference.evidence import evidence_spans
+from clem_icd.inference.spans import evidence_spans
 from clem_icd.inference.tokens import encode_notes, note_windows, special_tokens
 from clem_icd.model import ICDCoder
-from clem_icd.model.coder import pad_batch
 
 CODES = ["I10", "E11.9", "J18.9", "N17.9", "0DT70ZZ"]
 NOTE = "Pt. with HTN (essential hypertension) & T2DM; BP 150/90.\nAdmitted 03/04 for Pneumonia!"
@@ -89,6 +89,17 @@ def test_note_windows_cover_the_note_with_the_given_stride():
     assert [(w.start, w.end) for w in note_windows(0, 9, 4, 4)] == [(0, 4), (4, 8), (5, 9)]
     assert [(w.start, w.end) for w in note_windows(0, 3, 4, 2)] == [(0, 3)]
     assert [(w.start, w.end) for w in note_windows(0, 10, 4, None)] == [(0, 4)]
+    with pytest.raises(ClemError, match="window of 4 tokens"):
+        note_windows(0, 10, 4, 5)  # windows (0, 4), (5, 9), ... would never read token 4
+
+
+def test_a_window_stride_longer_than_the_window_is_refused():
+    coder = make_coder(max_length=64)  # window: 64 - [CLS] - [SEP] = 62 content tokens
+    assert NotePredictor(coder, PredictOptions(window_stride=62)).capacity == 62
+    with pytest.raises(ClemError, match=r"--window-stride 63 is larger than this model's window of 62 tokens"):
+        NotePredictor(coder, PredictOptions(window_stride=63))
+    with pytest.raises(ClemError, match="--window-stride 100"):
+        coder.predict_proba([NOTE], window_stride=100)
 
 
 def test_special_tokens_of_bert():
@@ -230,7 +241,7 @@ def test_evidence_lands_on_the_planted_trigger_phrase(trigger_model):
     phrase that was planted for it."""
     from trigger_fixture import trigger_note
 
-    from clem_icd.evaluation.evidence import token_metrics
+    from clem_icd.evaluation.evidence_metrics import token_metrics
 
     coder = ICDCoder.from_pretrained(trigger_model)
     rng = np.random.default_rng(123)

@@ -339,7 +339,11 @@ def test_tune_threshold_unfiltered_matches_edin_variant():
     assert chosen == THRESHOLD_GRID[int(np.argmax(full))]
     s, t = _scored(scores, targets.astype(bool))
     filtered = _naive_micro_f1(s, t, THRESHOLD_GRID)
-    assert tune_threshold(scores, targets) == THRESHOLD_GRID[int(np.argmax(filtered))]
+    assert tune_threshold(scores, targets, filtered=True) == THRESHOLD_GRID[int(np.argmax(filtered))]
+    # and the two modes do choose differently: code 1, absent, scores 0.5 in both documents
+    small_scores, small_targets = np.array([[0.6, 0.5], [0.6, 0.5]]), np.array([[1, 0], [1, 0]])
+    assert tune_threshold(small_scores, small_targets, filtered=True) == THRESHOLD_GRID[0]
+    assert tune_threshold(small_scores, small_targets) == THRESHOLD_GRID[50]  # the first value above 0.5
 
 
 def test_tune_threshold_with_nothing_to_tune_on():

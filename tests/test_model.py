@@ -7,9 +7,9 @@ import pytest
 import torch
 from model_fixtures import minilm_path, tiny_bert, tiny_modernbert
 
+from clem_icd.batching import pad_batch
 from clem_icd.errors import ClemError
 from clem_icd.model import ICDCoder
-from clem_icd.model.coder import pad_batch
 from clem_icd.model.heads import masked_softmax
 
 CODES = ["I10", "E11.9", "J18.9", "N17.9", "0DT70ZZ"]
@@ -148,7 +148,7 @@ def test_package_scheme_resolves_installed_model_folder():
 
 
 def test_load_model_dispatches_and_rejects_other_folders(tmp_path):
-    from clem_icd.inference import load_model
+    from clem_icd import load_model
 
     coder = make(tiny_bert())
     coder.save_pretrained(tmp_path / "coder")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 
 import polars as pl
 import pytest
@@ -181,6 +184,17 @@ def test_codiesp_formats(model_dir, tmp_path, run):
     assert status == 2 and "add --explain" in err
 
 
+def test_window_stride_longer_than_the_window_is_one_line_error(model_dir, tmp_path, run):
+    jsonl = _jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": NOTES["n2"]}])
+    status, out, err = run("predict", "-m", model_dir, jsonl, "--window-stride", "127")
+    assert status == 2 and out == ""
+    assert err.strip().splitlines() == [
+        "error: --window-stride 127 is larger than this model's window of 126 tokens (max_length 128 "
+        "minus 2 special tokens), so the tokens between windows would be skipped: use at most 126"]
+    status, out, _ = run("predict", "-m", model_dir, jsonl, "--window-stride", "126")
+    assert status == 0 and _records(out)[0]["truncated"] is False
+
+
 def test_out_file_is_replaced_only_by_a_complete_run(model_dir, tmp_path, run):
     out = tmp_path / "predictions.jsonl"
     out.write_text("previous results\n")
@@ -225,3 +239,30 @@ def test_explanations_of_the_trigger_model_through_the_cli(trigger_model, tmp_pa
                 start, end = planted[code["code"]]
                 hits.append(code["evidence"][0]["start"] < end and start < code["evidence"][0]["end"])
     assert len(hits) >= 6 and np.mean(hits) >= 0.8
+
+
+# ---------------------------------------------------------------- `python -m clem_icd.cli`
+
+
+def _module_cli(*args: str, launcher: tuple[str, ...] = (sys.executable,), cwd=None):
+    env = {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([*launcher, "-m", "clem_icd.cli", *args], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=cwd)
+
+
+def test_the_cli_runs_as_a_module_as_the_multi_gpu_launch_documents(tmp_path):
+    """docs/model.md and README: `accelerate launch -m clem_icd.cli train ...` runs the package
+    as a module, which needs clem_icd/cli/__main__.py."""
+    result = _module_cli("train", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "python -m clem_icd.cli train [OPTIONS]" in result.stdout
+    assert "accelerate launch -m clem_icd.cli train" in result.stdout  # the train help itself
+    result = _module_cli("--version", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip().startswith("clem-icd ")
+    # The documented launcher itself (one CPU process: no GPU or accelerate config needed).
+    pytest.importorskip("accelerate")
+    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
+    result = _module_cli("--version", launcher=launcher, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("clem-icd ")

@@ -66,13 +66,20 @@ def test_ranks_the_triggered_code_first_on_held_out_notes(coder):
 
 def test_predict_uses_the_threshold(coder):
     note = [f"review {TRIGGERS['C03.2']} clinic"]
-    assert coder.predict(note)[0][0] == "C03.2"
+    (codes,) = coder.predict(note)
+    assert codes[0]["code"] == "C03.2"
+    # The shape of ICDCoder.predict: {code, system, description, probability}, best first.
+    assert codes[0]["system"] == "icd10cm" and 0.5 < codes[0]["probability"] <= 1
+    row = coder.predict_proba(note)[0]
+    above = [coder.codes[j] for j in np.argsort(-row, kind="stable") if row[j] > coder.threshold]
+    assert [c["code"] for c in codes] == above
     old = coder.threshold
     try:
         coder.threshold = 1.0
         assert coder.predict(note) == [[]]
     finally:
         coder.threshold = old
+    assert coder.predict(note, threshold=1.0) == [[]]
 
 
 def test_descriptions_follow_the_code_order(coder):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -39,14 +38,15 @@ def write_trigger_corpus(out: Path, n_documents: int = 160, seed: int = 0) -> Pa
 
 def train_trigger_model(folder: Path) -> Path:
     """~20 s on 2 CPU cores: a 2-layer, 32-wide BERT (random init, MiniLM tokenizer) + LAAT."""
-    from clem_icd.training.config import load_train_config
+    from clem_icd.training.recipe import build_recipe
     from clem_icd.training.trainer import train
 
     data = write_trigger_corpus(folder / "data")
-    values = {"encoder": str(minilm_path()), "encoder_config": json.dumps(tiny_bert()), "head": "laat",
-              "max_length": 512, "chunk_size": 512, "attention_dim": 32, "batch_size": 8,
-              "micro_batch_size": 8, "learning_rate": "3e-3", "head_learning_rate": "1e-2",
-              "warmup_steps": 0, "epochs": 8, "early_stopping_patience": 10, "mixed_precision": "no",
-              "eval_batch_size": 16, "seed": 0}
-    train(load_train_config(None, [f"{k}={v}" for k, v in values.items()]), data, folder / "model")
+    recipe = build_recipe({
+        "model": {"encoder": str(minilm_path()), "encoder_config": tiny_bert(), "head": "laat",
+                  "max_length": 512, "chunk_size": 512, "attention_dim": 32},
+        "data": {"batch_size": 8, "micro_batch_size": 8, "eval_batch_size": 16},
+        "optim": {"learning_rate": 3e-3, "head_learning_rate": 1e-2, "warmup_steps": 0},
+        "train": {"epochs": 8, "early_stopping_patience": 10, "mixed_precision": "no", "seed": 0}})
+    train(recipe, data, folder / "model")
     return folder / "model"

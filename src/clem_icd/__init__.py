@@ -1,11 +1,8 @@
 """CLEM-ICD: automated ICD-10 coding of clinical notes."""
 
-from importlib.metadata import PackageNotFoundError, version
+from clem_icd.version import __version__
 
-try:
-    __version__ = version("clem-icd")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0"
+__all__ = ["ICDCoder", "ICDCoderConfig", "TfidfCoder", "__version__", "load_model"]
 
 
 def __getattr__(name: str):
@@ -14,4 +11,12 @@ def __getattr__(name: str):
         import clem_icd.model as model
 
         return getattr(model, name)
+    if name == "TfidfCoder":
+        from clem_icd.baselines.tfidf import TfidfCoder
+
+        return TfidfCoder
+    if name == "load_model":  # either kind of model folder
+        from clem_icd.loading import load_model
+
+        return load_model
     raise AttributeError(name)

@@ -2,7 +2,7 @@
 
 1. A corpus: by default synthetic notes the project composes itself (ICD-10-CM descriptions,
    inclusion terms, negations, distractors; no real patient), or any prepared dataset.
-2. CLEM-ICD trained on it with the real pretrained MiniLM (configs/demo.yaml).
+2. CLEM-ICD trained on it with the real pretrained MiniLM (the shipped recipe `demo`).
 3. Evaluation on test with the Edin et al. protocol, beside the TF-IDF baseline.
 4. One new note coded, with descriptions and probabilities.
 """
@@ -16,23 +16,19 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from clem_icd.errors import ClemError
-
 DEMO_DOCUMENTS = 320
 DEMO_CODES = 24
-RECIPE = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+RECIPE = "demo"  # shipped with the package (clem_icd/configs/demo.yaml)
 
 
 def run_demo(output: Path, *, dataset: Path | None = None, overrides: list[str] = (),
              documents: int = DEMO_DOCUMENTS, console: Console | None = None) -> Path:
     from clem_icd.data.synthetic import SYNTHETIC_STATEMENT, make_synthetic_dataset
     from clem_icd.evaluation.evaluate import evaluate
-    from clem_icd.training.config import load_train_config
+    from clem_icd.training.recipe import load_recipe
     from clem_icd.training.trainer import train
 
     console = console or Console()
-    if not RECIPE.is_file():
-        raise ClemError(f"{RECIPE}: the demo recipe is missing (run the demo from a source checkout)")
     started = time.perf_counter()
     output = Path(output)
     if dataset is None:
@@ -44,9 +40,9 @@ def run_demo(output: Path, *, dataset: Path | None = None, overrides: list[str] 
                       f"split {manifest['counts']['by_split']} → {dataset}")
     else:
         console.print(f"[bold]1. Corpus[/]: {dataset}")
-    config = load_train_config(RECIPE, list(overrides))
-    console.print(f"[bold]2. Training[/] CLEM-ICD ({config.head} head, encoder {config.encoder}, "
-                  f"{config.epochs} epochs) ...")
+    config = load_recipe(RECIPE, list(overrides))
+    console.print(f"[bold]2. Training[/] CLEM-ICD ({config.model.head} head, encoder {config.model.encoder}, "
+                  f"{config.train.epochs} epochs) ...")
     model_dir = output / "model"
     metrics = train(config, dataset, model_dir)
     console.print(f"   best epoch {metrics['best_epoch']}, threshold tuned on val: {metrics['threshold']:.2f}")

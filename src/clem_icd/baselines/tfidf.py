@@ -7,8 +7,13 @@ threads (liblinear releases the GIL, and threads share the feature matrix instea
 A code without a positive training document, or positive in all of them, has nothing to learn:
 it gets a constant score (logit -20 or +20) instead of a model.
 
+Scoring: `predict_proba` gives the probabilities; `predict` and `note_predictor` choose codes with
+the same rule as the neural coder (clem_icd.choice.choose_codes) and return the same shapes as
+`ICDCoder.predict` and `NotePredictor.predict` (no evidence, never truncated).
+
 A saved model is a folder that is safe to load (no pickle):
-    config.json         model_type "tfidf", codes, descriptions, threshold, hyperparameters
+    config.json         model_type "tfidf", codes, code_systems, descriptions, threshold,
+                        hyperparameters, and (when fitted on a prepared dataset) its fingerprint
     vectorizer.json     the vocabulary (terms in feature order) and their idf values
     model.safetensors   weight (fitted codes x features, float32), bias (codes), fitted_index
 
@@ -31,12 +36,14 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from clem_icd import __version__
-from clem_icd.atomic import atomic_folder
+from clem_icd.atomic import atomic_folder, write_json_atomic
+from clem_icd.choice import choose_codes
 from clem_icd.errors import ClemError
+from clem_icd.version import __version__
 
 MODEL_TYPE = "tfidf"
 CONFIG_FILE, VECTORIZER_FILE, WEIGHTS_FILE = "config.json", "vectorizer.json", "model.safetensors"
+METRICS_FILE = "metrics.json"
 # Logit of a code that was never (or always) positive in training: sigmoid(-20) ~ 2e-9.
 CONSTANT_LOGIT = 20.0
 # C = 100 (weak regularisation): rows are L2-normalised, so a single term has a small value and
@@ -67,6 +74,16 @@ def _merge_config(config: Mapping | None) -> dict:
     merged.update(config or {})
     merged["ngram_range"] = [int(n) for n in merged["ngram_range"]]
     return merged
+
+
+# Keys of a recipe's `model:` section that are not TF-IDF hyperparameters.
+NOT_HYPERPARAMETERS = ("kind",)
+
+
+def tfidf_options(options: Mapping | None) -> dict:
+    """The full TF-IDF hyperparameters for `options` as a recipe's `model:` section gives them:
+    its `kind` is ignored, unknown keys are refused, missing ones take their defaults."""
+    return _merge_config({k: v for k, v in (options or {}).items() if k not in NOT_HYPERPARAMETERS})
 
 
 def _vectorizer(config: dict, vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:
@@ -109,6 +126,27 @@ def _descriptions_list(codes: list[str], descriptions) -> list[str] | None:
     return descriptions
 
 
+def _systems_list(codes: list[str], systems) -> list[str]:
+    """Per code its system (icd10cm, icd10pcs, icd9cm, icd9pcs). Not given: guessed from the
+    spelling as ICD-10 (CM or PCS), which is wrong for ICD-9 codes; "" where no guess fits."""
+    if systems is None:
+        from clem_icd.codes.systems import guess_icd10_system
+
+        guessed = []
+        for code in codes:
+            try:
+                guessed.append(str(guess_icd10_system(code)))
+            except ValueError:
+                guessed.append("")
+        return guessed
+    if isinstance(systems, Mapping):
+        return [str(systems.get(code) or "") for code in codes]
+    systems = [str(s or "") for s in systems]
+    if len(systems) != len(codes):
+        raise ClemError(f"{len(systems)} code systems for {len(codes)} codes")
+    return systems
+
+
 def _positive_rows(labels: Sequence[Sequence[str]], codes: list[str]) -> list[list[int]]:
     """For each code (in `codes` order), the documents that have it."""
     column = {code: j for j, code in enumerate(codes)}
@@ -128,11 +166,14 @@ class TfidfCoder:
 
     def __init__(self, *, codes: list[str], config: dict, vocabulary: list[str], idf: np.ndarray,
                  weight: np.ndarray, bias: np.ndarray, fitted_index: np.ndarray,
-                 threshold: float = 0.5, descriptions: list[str] | None = None):
+                 threshold: float = 0.5, descriptions: list[str] | None = None,
+                 code_systems: list[str] | None = None, dataset: dict | None = None):
         self.codes = list(codes)
         self.config = config
         self.threshold = float(threshold)
         self.descriptions = descriptions
+        self.code_systems = _systems_list(self.codes, code_systems)
+        self.dataset = dataset  # {"fingerprint", "path"} of the prepared dataset it was fitted on
         self.weight = weight  # (fitted codes, features), float32
         self.bias = bias  # (codes,), float32: constant logits included
         self.fitted_index = fitted_index  # column in `codes` of each row of `weight`
@@ -148,8 +189,11 @@ class TfidfCoder:
 
     @classmethod
     def fit(cls, texts: list[str], labels: list[list[str]], codes: list[str], *,
-            descriptions=None, config: dict | None = None, n_jobs: int | None = None) -> "TfidfCoder":
+            descriptions=None, code_systems=None, config: dict | None = None,
+            n_jobs: int | None = None) -> "TfidfCoder":
         """Fit on `texts` with their `labels`; `codes` fixes the label order of the scores.
+        `descriptions` and `code_systems`: per code, a list in `codes` order or a mapping; code
+        systems not given are guessed from the spelling as ICD-10 (give them for ICD-9 data).
         `n_jobs` threads fit codes in parallel (default: all available CPUs)."""
         config = _merge_config(config)
         codes = list(codes)
@@ -204,7 +248,8 @@ class TfidfCoder:
         vocabulary = vectorizer.get_feature_names_out().tolist()
         return cls(codes=codes, config=config, vocabulary=vocabulary, idf=vectorizer.idf_,
                    weight=weight, bias=bias, fitted_index=np.asarray(learnable, dtype=np.int64),
-                   descriptions=_descriptions_list(codes, descriptions))
+                   descriptions=_descriptions_list(codes, descriptions),
+                   code_systems=_systems_list(codes, code_systems))
 
     # ---- scoring ----------------------------------------------------------------------------
 
@@ -223,20 +268,39 @@ class TfidfCoder:
             out[start:start + len(batch)] = expit(logits)
         return out
 
-    def predict(self, texts: list[str]) -> list[list[str]]:
-        """The codes scored above `threshold` for each text, best first."""
-        probabilities = self.predict_proba(texts)
-        result = []
-        for row in probabilities:
-            chosen = np.flatnonzero(row > self.threshold)
-            result.append([self.codes[j] for j in chosen[np.argsort(-row[chosen], kind="stable")]])
-        return result
+    def predict(self, texts: list[str], threshold: float | None = None,
+                top_k: int | None = None) -> list[list[dict]]:
+        """Per text, the codes scored above the threshold (the tuned one by default), best
+        first, each {code, system, description, probability}; `top_k` caps the list. The same
+        shape and rule as `ICDCoder.predict` (which can also explain; this model cannot)."""
+        if isinstance(texts, str):
+            raise TypeError("predict takes a list of texts, not one string")
+        threshold = self.threshold if threshold is None else float(threshold)
+        descriptions = self.descriptions or [""] * len(self.codes)
+        return [[{"code": self.codes[j], "system": self.code_systems[j], "description": descriptions[j],
+                  "probability": float(row[j])} for j in choose_codes(row, threshold, top_k)]
+                for row in self.predict_proba(texts)]
+
+    def note_predictor(self, options):
+        """The streaming interface every model kind offers (see clem_icd.inference.run): a
+        function texts -> per text {"codes": [...as predict...], "truncated": False} (a TF-IDF
+        model reads the whole note). `options`: a clem_icd.inference.PredictOptions; what the
+        baseline cannot do (evidence) is refused here, before any note is read."""
+        if options.explain:
+            raise ClemError("--explain needs a neural CLEM-ICD model; this is the TF-IDF baseline")
+
+        def predict_notes(texts: list[str]) -> list[dict]:
+            return [{"codes": codes, "truncated": False}
+                    for codes in self.predict(texts, threshold=options.threshold, top_k=options.top_k)]
+
+        return predict_notes
 
     # ---- saving and loading -----------------------------------------------------------------
 
-    def save_pretrained(self, path: Path | str) -> Path:
-        """Write the model folder atomically. An existing folder is replaced only when it is
-        empty or holds a TF-IDF model, so that nothing else is ever deleted."""
+    def save_pretrained(self, path: Path | str, metrics: dict | None = None) -> Path:
+        """Write the model folder atomically (with `metrics` as metrics.json when given). An
+        existing folder is replaced only when it is empty or holds a TF-IDF model, so that
+        nothing else is ever deleted."""
         from safetensors.numpy import save_file
 
         path = Path(path)
@@ -246,12 +310,14 @@ class TfidfCoder:
                 "model_type": MODEL_TYPE,
                 "clem_icd_version": __version__,
                 "codes": self.codes,
+                "code_systems": self.code_systems,
                 "descriptions": self.descriptions,
                 "threshold": self.threshold,
                 "hyperparameters": self.config,
                 "n_features": len(self.vocabulary),
                 "n_fitted_codes": int(len(self.fitted_index)),
                 "constant_logit": CONSTANT_LOGIT,
+                "dataset": self.dataset,
             }
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
             idf = self._vectorizer.idf_.tolist()  # float repr round-trips exactly in JSON
@@ -262,6 +328,8 @@ class TfidfCoder:
                        "bias": np.ascontiguousarray(self.bias, dtype=np.float32),
                        "fitted_index": np.ascontiguousarray(self.fitted_index, dtype=np.int64)},
                       str(tmp / WEIGHTS_FILE), metadata={"format": "np", "model_type": MODEL_TYPE})
+            if metrics is not None:
+                write_json_atomic(metrics, tmp / METRICS_FILE)
         return path
 
     @classmethod
@@ -305,11 +373,23 @@ class TfidfCoder:
         if len(fitted) and (fitted.min() < 0 or fitted.max() >= len(codes)
                             or len(np.unique(fitted)) != len(fitted)):
             problems.append("fitted_index does not index the code list")
+        systems = config.get("code_systems")
+        if systems is not None and len(systems) != len(codes):
+            problems.append(f"{len(systems)} code systems for {len(codes)} codes")
         if problems:
             raise ClemError(f"{path}: damaged TF-IDF model ({'; '.join(problems)})")
+        if systems is None:
+            # Folders written before code systems were stored. Refusing them would break models
+            # that work, so the systems are guessed as before (ICD-10 from the spelling), loudly:
+            # for ICD-9 codes the guess is wrong (486 would be PCS, 96.04 CM).
+            warnings.warn(f"{path / CONFIG_FILE} does not record the code systems (written by an "
+                          f"older clem-icd): guessing ICD-10-CM/PCS from each code's spelling, which "
+                          f"is wrong for ICD-9 codes; refit the baseline to record them",
+                          UserWarning, stacklevel=3)
         return cls(codes=codes, config=_merge_config(config["hyperparameters"]), vocabulary=terms,
                    idf=idf, weight=weight, bias=bias, fitted_index=fitted,
-                   threshold=config.get("threshold", 0.5), descriptions=config.get("descriptions"))
+                   threshold=config.get("threshold", 0.5), descriptions=config.get("descriptions"),
+                   code_systems=systems, dataset=config.get("dataset"))
 
 
 def _read_json(path: Path) -> dict:

@@ -11,14 +11,14 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import typer
 
-from clem_icd import __version__
 from clem_icd.cli import data as data_cli
-from clem_icd.cli import evidence as evidence_cli
+from clem_icd.cli import evaluate_evidence as evaluate_evidence_cli
 from clem_icd.cli import model as model_cli
 from clem_icd.cli import predict as predict_cli
 from clem_icd.cli import prepare as prepare_cli
 from clem_icd.errors import ClemError
 from clem_icd.progress import set_enabled
+from clem_icd.version import __version__
 
 app = typer.Typer(
     name="clem-icd",
@@ -33,8 +33,9 @@ app.add_typer(data_cli.app, name="data")
 app.command("train")(model_cli.train)
 app.command("evaluate")(model_cli.evaluate)
 app.command("predict")(predict_cli.predict)
-app.command("evaluate-evidence")(evidence_cli.evaluate_evidence)
+app.command("evaluate-evidence")(evaluate_evidence_cli.evaluate_evidence)
 app.command("demo")(model_cli.demo)
+app.command("recipes")(model_cli.recipes)
 
 
 def _version(value: bool) -> None:
@@ -70,6 +71,3 @@ def main() -> None:
               "they may include note text)", file=sys.stderr)
         sys.exit(1)
 
-
-if __name__ == "__main__":  # `python -m clem_icd.cli` (e.g. under `accelerate launch -m`)
-    main()

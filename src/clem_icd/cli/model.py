@@ -6,31 +6,56 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 console = Console(stderr=True, soft_wrap=True)
 
 
 def train(
-    config: Path = typer.Option(None, "--config", "-c", help="Recipe (YAML), e.g. "
-                                "configs/mimiciv_icd10/clem_modernbert_base.yaml. Keys: see TrainConfig "
-                                "in clem_icd/training/config.py."),
+    config: str = typer.Option(None, "--config", "-c", help="Recipe: a shipped name such as "
+                               "mimic/clem_modernbert_base or codiesp/minilm_cross_desc (`clem-icd recipes` "
+                               "lists them) or a YAML file. Sections model / data / optim / train: see "
+                               "docs/recipes.md."),
     data: Path = typer.Option(..., "--data", help="Prepared dataset folder (clem-icd prepare ...)."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder for the trained model, "
                                 "metrics.jsonl (per epoch) and metrics.json."),
-    overrides: list[str] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Override config keys, "
-                                          "e.g. learning_rate=3e-5 epochs=5 head=cross."),
+    overrides: list[str] = typer.Argument(None, metavar="[SECTION.KEY=VALUE]...", help="Override recipe "
+                                          "keys, e.g. optim.learning_rate=3e-5 train.epochs=5 model.head=cross."),
 ) -> None:
-    """Train a coder (or the TF-IDF baseline with model=tfidf). Multi-GPU / multi-node: run it under
+    """Train a coder (or the TF-IDF baseline: a recipe with model.kind tfidf). Multi-GPU / multi-node:
     `accelerate launch -m clem_icd.cli train ...` (DDP, FSDP or DeepSpeed from your accelerate config)."""
-    from clem_icd.training.config import load_train_config
+    from clem_icd.training.recipe import load_recipe
     from clem_icd.training.trainer import train as run_training
 
-    metrics = run_training(load_train_config(config, overrides or []), data, output)
+    metrics = run_training(load_recipe(config, overrides or []), data, output)
     if metrics:
         val = metrics.get("val", {})
         console.print(f"[green]saved[/] {output}: val micro-F1 {100 * val.get('f1_micro', 0):.1f}, "
                       f"macro-F1 {100 * val.get('f1_macro', 0):.1f}, mAP {100 * val.get('map', 0):.1f} "
                       f"at threshold {metrics.get('threshold', 0.5):.2f}")
+
+
+def recipes(
+    name: str = typer.Argument(None, help="Print this recipe as it is resolved (inherit applied, "
+                               "defaults filled in) instead of listing them."),
+) -> None:
+    """The training recipes shipped with CLEM-ICD: name and what it is (its first comment line)."""
+    import yaml
+
+    from clem_icd.training.recipe import load_recipe, packaged_recipes
+
+    if name:
+        typer.echo(yaml.safe_dump(load_recipe(name).to_dict(), sort_keys=False), nl=False)
+        return
+    table = Table("recipe", "what it is")
+    for recipe, path in packaged_recipes().items():
+        comment = []
+        for line in path.read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            comment.append(line.lstrip("# ").strip())
+        table.add_row(recipe, " ".join(comment).split(". ")[0].split(": ")[0])
+    Console().print(table)
 
 
 def evaluate(
@@ -57,8 +82,8 @@ def demo(
     data: Path = typer.Option(None, "--data", help="Use this prepared dataset instead of the synthetic "
                               "corpus (e.g. one made by `clem-icd prepare codiesp`)."),
     documents: int = typer.Option(320, "--documents", help="Size of the synthetic corpus."),
-    overrides: list[str] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Override keys of "
-                                          "configs/demo.yaml, e.g. epochs=2."),
+    overrides: list[str] = typer.Argument(None, metavar="[SECTION.KEY=VALUE]...", help="Override keys of "
+                                          "the demo recipe (`clem-icd recipes demo`), e.g. train.epochs=2."),
 ) -> None:
     """Offline demo: synthetic notes → train CLEM-ICD (pretrained MiniLM) → evaluate beside TF-IDF →
     code a new note. Minutes on 2 CPU cores; no download."""

@@ -37,8 +37,10 @@ def predict(
     text_field: str = typer.Option("text", "--text-field", help="Text field of JSONL / CSV / Parquet input."),
     window_stride: int = typer.Option(None, "--window-stride", help="Read notes longer than the model's "
                                       "max_length as overlapping windows starting every N tokens; each "
-                                      "code's probability is its maximum over the windows. Default: "
-                                      "truncate (as in training) and mark the note 'truncated'."),
+                                      "code's probability is its maximum over the windows. N is at most "
+                                      "the window (max_length minus the special tokens), so no token is "
+                                      "skipped. Default: truncate (as in training) and mark the note "
+                                      "'truncated'."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Notes per forward pass (sorted by length)."),
     evidence_threshold: float = typer.Option(None, "--evidence-threshold", help="A word is evidence when "
                                              "it holds at least this share of the code's attribution. Default: "
@@ -59,10 +61,10 @@ def predict(
 
     from clem_icd.errors import ClemError
     from clem_icd.inference.inputs import count_notes, read_notes
-    from clem_icd.inference.loader import load_model
     from clem_icd.inference.predictor import PredictOptions
-    from clem_icd.inference.run import code_records, make_predictor
+    from clem_icd.inference.run import code_records
     from clem_icd.inference.writers import RecordWriter, check_format
+    from clem_icd.loading import load_model
     from clem_icd.progress import progress_bar
 
     check_format(format)  # before the model loads
@@ -75,7 +77,7 @@ def predict(
                              evidence_words=evidence_words, max_spans=max_spans, precision=precision)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    predictor = make_predictor(load_model(model, device=device), options)
+    predictor = load_model(model, device=device).note_predictor(options)
 
     failed = coded = 0
     records = read_notes(inputs or [], id_field=id_field, text_field=text_field)

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from clem_icd.data.dataset import Prepared
 from clem_icd.data.mimic import mimic_iii_recipe, mimic_iv_recipe, prepare_mimic
 
 app = typer.Typer(help="Prepare a dataset folder (documents.parquet, codes.tsv, manifest.json).",
@@ -20,12 +21,12 @@ CLEAN = typer.Option(False, "--clean-text",
                           "spaces, digit-only tokens removed). Default: raw text.")
 
 
-def report(manifest: dict, out: Path) -> None:
+def report(prepared: Prepared, out: Path) -> None:
     """One summary line per prepared dataset, plus the code check."""
-    counts = manifest["counts"]
+    counts = prepared.manifest["counts"]
     splits = " / ".join(f"{k} {v:,}" for k, v in counts["by_split"].items())
     console.print(f"[green]wrote[/] {out}: {counts['documents']:,} documents ({splits}), {counts['codes']:,} codes")
-    summary = manifest.get("_report").summary() if manifest.get("_report") else None
+    summary = prepared.report.summary()
     if summary:
         console.print(f"[yellow]warning:[/] {summary}")
 
@@ -78,8 +79,9 @@ def codiesp(
     tasks: str = typer.Option("D,P", "--tasks", help="Which codes to use: D (ICD-10-CM diagnoses), P "
                               "(ICD-10-PCS procedures) or D,P. Target order: P codes, then D codes."),
     pcs_table: Path | None = typer.Option(None, "--pcs-table", help="Optional d_icd_procedures table "
-                                          "(MIMIC-IV layout: icd_code, icd_version, long_title) for PCS "
-                                          "descriptions and checks. CM descriptions come from simple-icd-10-cm."),
+                                          "(MIMIC-IV layout: icd_code, icd_version, long_title) that adds PCS "
+                                          "codes and takes precedence. Not needed: PCS descriptions come with "
+                                          "the CMS table of the 'drg' package, CM ones from simple-icd-10-cm."),
     overwrite: bool = OVERWRITE,
 ) -> None:
     """CodiEsp (CLEF eHealth 2020, CC BY 4.0): clinical case reports with ICD-10-CM / ICD-10-PCS codes."""
@@ -107,20 +109,21 @@ def custom(
                                     "per code by its shape), icd10cm, icd10pcs, icd9cm or icd9pcs."),
     seed: int = typer.Option(42, "--seed", help="Seed of the stratified split (used without a split column)."),
     d_icd_diagnoses: Path | None = typer.Option(None, "--d-icd-diagnoses", help="Optional d_icd_diagnoses "
-                                                "table (MIMIC-IV layout) for descriptions and checks."),
+                                                "table (MIMIC-IV layout) for ICD-9 diagnoses or ICD-10-CM codes retired "
+                                                "from the current CMS list."),
     d_icd_procedures: Path | None = typer.Option(None, "--d-icd-procedures", help="Optional "
-                                                 "d_icd_procedures table (MIMIC-IV layout) for PCS / ICD-9 "
-                                                 "procedure descriptions and checks."),
+                                                 "d_icd_procedures table (MIMIC-IV layout) for ICD-9 procedures "
+                                                 "or extra / retired PCS codes; ICD-10-PCS is known without it."),
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Your own notes with codes (CSV, TSV, JSONL or Parquet)."""
     from clem_icd.data.custom import Columns, prepare_custom
 
     columns = Columns(id=id_column, text=text_column, codes=codes_column, split=split_column)
-    manifest = prepare_custom(input_file, out, columns=columns, code_separator=code_separator,
+    prepared = prepare_custom(input_file, out, columns=columns, code_separator=code_separator,
                               code_system=code_system, seed=seed, d_icd_diagnoses=d_icd_diagnoses,
                               d_icd_procedures=d_icd_procedures, overwrite=overwrite)
-    report(manifest, out)
+    report(prepared, out)
 
 
 @app.command("mdace-notes")
@@ -137,7 +140,7 @@ def mdace_notes(
 
     from clem_icd.atomic import write_text_atomic
     from clem_icd.errors import ClemError
-    from clem_icd.evaluation.evidence import read_mdace
+    from clem_icd.evaluation.evidence_metrics import read_mdace
     from clem_icd.inference.inputs import read_notes
 
     wanted = {note for note, _ in read_mdace(mdace)}

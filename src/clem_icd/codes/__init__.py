@@ -1,6 +1,7 @@
 """ICD code systems: normalisation, validation and descriptions."""
 
-from clem_icd.codes.dictionary import CodeDictionary, CodeReport, is_known_icd10cm
+from clem_icd.codes.dictionary import CodeDictionary, CodeReport
+from clem_icd.codes.icd10cm import is_known_icd10cm
 from clem_icd.codes.systems import CodeSystem, guess_icd10_system, normalize_code, system_for
 
 __all__ = [

@@ -1,34 +1,41 @@
-"""Descriptions and validity of codes.
+"""Descriptions and validity of codes, out of the box for ICD-10-CM and ICD-10-PCS.
 
-ICD-10-CM comes from the `simple-icd-10-cm` package (the current CMS release). MIMIC-IV uses
-codes that were retired since (e.g. T81.4XXA), so a `d_icd_diagnoses` table in MIMIC-IV layout
-(icd_code, icd_version, long_title) is the fallback. ICD-10-PCS and ICD-9 have no package of that
-kind; their descriptions come from `d_icd_procedures` / `d_icd_diagnoses` tables.
+- ICD-10-CM: the `simple-icd-10-cm` package (the current CMS tabular list, `icd10cm.py`).
+- ICD-10-PCS: the CMS code table that the `drg` package ships (`icd10pcs.py`).
+- Tables in MIMIC-IV layout (`d_icd_diagnoses` / `d_icd_procedures`: icd_code, icd_version,
+  long_title) come first where given: MIMIC-IV uses codes retired since (e.g. T81.4XXA), and they
+  are the only source for ICD-9.
+
+Every description comes from one rule, counted in the manifest (`describe_with_rule`):
+  icd10cm           the code is in the CM tabular list
+  table             the code is in a loaded table
+  icd10pcs          a full PCS code of the CMS table
+  icd10pcs_prefix   a PCS prefix (3-6 characters, as CodiEsp uses): what the titles of all full
+                    codes under it share (`icd10pcs.shared_title`)
+  icd10cm_parent    a CM code the list does not have, e.g. written without its 7th character
+                    (CodiEsp's `S02.0XX`): the description of its nearest ancestor in the list
+                    (`icd10cm.nearest_icd10cm_parent`)
+  icd10pcs_parent   a full PCS code no table has (retired, e.g. 5A1D60Z): what the codes under
+                    its 4-character prefix (section, body system, operation, body part) share
+The two parent rules describe; they do not make a code known: such codes stay in the
+unknown-code report.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import polars as pl
 
+from clem_icd.codes import icd10pcs
+from clem_icd.codes.icd10cm import icd10cm_description, is_known_icd10cm, nearest_icd10cm_parent
 from clem_icd.codes.systems import CodeSystem, normalize_code, system_for
 from clem_icd.errors import ClemError
 
-
-def _icd10cm():
-    # Imported on first use: the package parses the whole tabular list (~2 s) at import.
-    import simple_icd_10_cm
-
-    return simple_icd_10_cm
-
-
-@lru_cache(maxsize=None)
-def is_known_icd10cm(code: str) -> bool:
-    return _icd10cm().is_valid_item(code)
+RULES = ("icd10cm", "table", "icd10pcs", "icd10pcs_prefix", "icd10cm_parent", "icd10pcs_parent")
 
 
 def _read_mimic_dictionary(path: Path, is_diagnosis: bool) -> dict[tuple[CodeSystem, str], str]:
@@ -53,11 +60,17 @@ def _read_mimic_dictionary(path: Path, is_diagnosis: bool) -> dict[tuple[CodeSys
 
 @dataclass
 class CodeDictionary:
-    """Looks up descriptions and checks codes against the known code lists."""
+    """Looks up descriptions and checks codes against the known code lists.
+
+    `CodeDictionary()` already knows ICD-10-CM and ICD-10-PCS (from the packages); tables add
+    codes, and their titles come before the PCS package's (the CM tabular list comes first).
+    `packages=False` (set before the first lookup) leaves only the CM list and the tables."""
 
     tables: dict[tuple[CodeSystem, str], str] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
-    _prefixes: dict[str, str] | None = field(default=None, repr=False)
+    packages: bool = True
+    _pcs: tuple[dict[str, str], list[str]] | None = field(default=None, repr=False)
+    _prefixes: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_files(
@@ -70,9 +83,7 @@ class CodeDictionary:
             path = Path(path)
             if not path.is_file():
                 raise ClemError(f"{path}: code dictionary not found")
-            dictionary.tables.update(_read_mimic_dictionary(path, is_diagnosis))
-            dictionary._prefixes = None
-            dictionary.sources.append(str(path))
+            dictionary.add_table(_read_mimic_dictionary(path, is_diagnosis), str(path))
         return dictionary
 
     @classmethod
@@ -84,49 +95,102 @@ class CodeDictionary:
             found[name] = next((c for c in candidates if c.is_file()), None)
         return cls.from_files(found["d_icd_diagnoses"], found["d_icd_procedures"])
 
+    def add_table(self, entries: dict[tuple[CodeSystem, str], str], source: str) -> None:
+        """Add (system, code) -> title entries; they take precedence over the packages."""
+        self.tables.update(entries)
+        self.sources.append(source)
+        self._pcs = None
+        self._prefixes = {}
+
+    def package_versions(self) -> dict[str, str | None]:
+        """The packages that the descriptions and checks come from, with their versions."""
+        from importlib import metadata
+
+        try:
+            cm = metadata.version("simple-icd-10-cm")
+        except metadata.PackageNotFoundError:
+            cm = None
+        return {"simple-icd-10-cm": cm, **({icd10pcs.PACKAGE: icd10pcs.package_version()} if self.packages else {})}
+
+    # ------------------------------------------------------------ lookups
+
     def describe(self, code: str, system: CodeSystem) -> str | None:
-        if system is CodeSystem.ICD10CM and is_known_icd10cm(code):
-            return _icd10cm().get_description(code)
-        if system is CodeSystem.ICD10PCS and len(code) < 7:
-            return self._pcs_prefixes().get(code) or None
-        return self.tables.get((system, code))
+        return self.describe_with_rule(code, system)[0]
+
+    def describe_with_rule(self, code: str, system: CodeSystem) -> tuple[str | None, str | None]:
+        """(description, rule) by the first rule that gives one (see the module docstring);
+        (None, None) when none does."""
+        if system is CodeSystem.ICD10CM:
+            described = icd10cm_description(code)
+            if described:
+                return described, "icd10cm"
+        if self.tables.get((system, code)):
+            return self.tables[(system, code)], "table"
+        if system is CodeSystem.ICD10CM:
+            parent = nearest_icd10cm_parent(code)
+            return (icd10cm_description(parent), "icd10cm_parent") if parent else (None, None)
+        if system is CodeSystem.ICD10PCS:
+            titles, _ = self._pcs_titles()
+            if len(code) >= icd10pcs.FULL_LENGTH:
+                if titles.get(code):
+                    return titles[code], "icd10pcs"
+                # A retired code: its body-part prefix. Longer prefixes (approach, device) hold
+                # only the codes left after the change, whose shared words may not apply to it.
+                for length in (icd10pcs.BODY_PART_PREFIX, icd10pcs.MIN_PREFIX):
+                    described = self._prefix_description(code[:length])
+                    if described:
+                        return described, "icd10pcs_parent"
+                return None, None
+            described = self._prefix_description(code)
+            return (described, "icd10pcs_prefix") if described else (None, None)
+        return None, None
 
     def is_known(self, code: str, system: CodeSystem) -> bool:
-        """Known to the CMS release or to a loaded table. PCS prefixes count when a table has
-        a full code that starts with them."""
+        """Known to the CMS release or to a loaded table. PCS prefixes count when a full code
+        starts with them."""
         if system is CodeSystem.ICD10CM and is_known_icd10cm(code):
             return True
         if (system, code) in self.tables:
             return True
-        if system is CodeSystem.ICD10PCS and len(code) < 7:
-            return code in self._pcs_prefixes()
+        if system is CodeSystem.ICD10PCS:
+            titles, _ = self._pcs_titles()
+            if len(code) >= icd10pcs.FULL_LENGTH:
+                return code in titles
+            return bool(self._codes_under(code))
         return False
-
-    def _pcs_prefixes(self) -> dict[str, str]:
-        """PCS prefix (3-6 characters, as CodiEsp uses) → the words that the titles of all full
-        codes under it start with, e.g. 'Plain Radiography of Chest' or 'Introduction of'.
-        PCS titles are not built per character, so this is a readable hint, not a definition."""
-        if self._prefixes is None:
-            common: dict[str, list[str]] = {}
-            for (system, code), title in self.tables.items():
-                if system is not CodeSystem.ICD10PCS:
-                    continue
-                words = title.split()
-                for n in range(3, 7):
-                    known = common.get(code[:n])
-                    if known is None:
-                        common[code[:n]] = words
-                    else:
-                        k = 0
-                        while k < min(len(known), len(words)) and known[k] == words[k]:
-                            k += 1
-                        common[code[:n]] = known[:k]
-            self._prefixes = {p: " ".join(w).rstrip(" ,;:") for p, w in common.items()}
-        return self._prefixes
 
     def can_check(self, system: CodeSystem) -> bool:
         """Whether there is a code list for `system` to check codes against."""
-        return system is CodeSystem.ICD10CM or any(s is system for s, _ in self.tables)
+        if system is CodeSystem.ICD10CM or (system is CodeSystem.ICD10PCS and self.packages):
+            return True
+        return any(s is system for s, _ in self.tables)
+
+    # ------------------------------------------------------------ ICD-10-PCS
+
+    def _pcs_titles(self) -> tuple[dict[str, str], list[str]]:
+        """Full PCS code -> title (package, then tables over it) and the codes sorted."""
+        if self._pcs is None:
+            try:
+                titles = dict(icd10pcs.package_titles()) if self.packages else {}
+            except icd10pcs.PcsTableMissing as exc:
+                raise ClemError(str(exc)) from None
+            titles.update({code: title for (system, code), title in self.tables.items()
+                           if system is CodeSystem.ICD10PCS and len(code) == icd10pcs.FULL_LENGTH})
+            self._pcs = (titles, sorted(titles))
+        return self._pcs
+
+    def _codes_under(self, prefix: str) -> list[str]:
+        _, codes = self._pcs_titles()
+        start = bisect_left(codes, prefix)
+        end = bisect_left(codes, prefix + "\x7f", lo=start)
+        return codes[start:end]
+
+    def _prefix_description(self, prefix: str) -> str:
+        """What the titles of the full codes under a PCS prefix share; '' when no code is under it."""
+        if prefix not in self._prefixes:
+            titles, _ = self._pcs_titles()
+            self._prefixes[prefix] = icd10pcs.shared_title([titles[c] for c in self._codes_under(prefix)])
+        return self._prefixes[prefix]
 
 
 @dataclass

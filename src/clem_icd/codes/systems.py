@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
+from clem_icd.codes.icd10cm import is_known_icd10cm
+
 
 class CodeSystem(StrEnum):
     ICD10CM = "icd10cm"
@@ -86,8 +88,6 @@ def guess_icd10_system(code: str) -> CodeSystem:
     cm_ok = _PATTERNS[CodeSystem.ICD10CM].fullmatch(_insert_dot(text, 3)) is not None
     pcs_ok = _PATTERNS[CodeSystem.ICD10PCS].fullmatch(text) is not None
     if cm_ok and pcs_ok:
-        from clem_icd.codes.dictionary import is_known_icd10cm
-
         if len(text) == 3 or is_known_icd10cm(_insert_dot(text, 3)):
             return CodeSystem.ICD10CM
         return CodeSystem.ICD10PCS

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clem_icd.codes import CodeDictionary, CodeSystem, normalize_code
-from clem_icd.data.dataset import DatasetWriter, input_record
+from clem_icd.data.dataset import DatasetWriter, Prepared, input_record
 from clem_icd.data.io import decode_utf8
 from clem_icd.errors import ClemError, where
 
@@ -147,12 +147,14 @@ def check_unique_ids(splits: list[CodiEspSplit], language: str) -> None:
 
 def prepare_codiesp(codiesp_dir: Path, out: Path, *, language: str = "en",
                     tasks: str | Sequence[str] = ("D", "P"), pcs_table: Path | None = None,
-                    overwrite: bool = False) -> dict:
-    """Write the prepared dataset to `out`; returns the manifest (and `_report` for the CLI)."""
+                    overwrite: bool = False) -> Prepared:
+    """Write the prepared dataset to `out`; returns its manifest and code check."""
     if language not in TEXT_FOLDERS:
         raise ClemError(f"--language must be 'en' or 'es', got '{language}'")
     task_list = parse_tasks(tasks)
     codiesp_dir = Path(codiesp_dir)
+    # ICD-10-CM and ICD-10-PCS descriptions come with the packages; a d_icd_procedures table,
+    # when given, adds codes and takes precedence.
     dictionary = CodeDictionary.from_files(d_icd_procedures=Path(pcs_table) if pcs_table else None)
     code_systems: dict[str, CodeSystem] = {}
     splits = [read_split(folder, SPLIT_FOLDERS[folder.name], language, task_list, code_systems)
@@ -179,7 +181,7 @@ def prepare_codiesp(codiesp_dir: Path, out: Path, *, language: str = "en",
                 },
             },
         )
-    return manifest | {"_report": writer.report}
+    return Prepared(manifest, writer.report)
 
 
 def _inputs(splits: list[CodiEspSplit], language: str) -> list[dict]:

@@ -28,7 +28,7 @@ from pathlib import Path
 import polars as pl
 
 from clem_icd.codes import CodeDictionary, CodeSystem, guess_icd10_system, normalize_code
-from clem_icd.data.dataset import DatasetWriter, canonical_split, input_record
+from clem_icd.data.dataset import DatasetWriter, Prepared, canonical_split, input_record
 from clem_icd.data.io import decode_utf8, require_columns
 from clem_icd.data.split import SPLIT_METHOD, stratified_split
 from clem_icd.errors import ClemError, where
@@ -222,8 +222,8 @@ class CustomReader:
 
 def prepare_custom(path: Path, out: Path, *, columns: Columns | None = None, code_separator: str = ";",
                    code_system: str = "auto", seed: int = 42, d_icd_diagnoses: Path | None = None,
-                   d_icd_procedures: Path | None = None, overwrite: bool = False) -> dict:
-    """Write the prepared dataset to `out`; returns the manifest (and `_report` for the CLI)."""
+                   d_icd_procedures: Path | None = None, overwrite: bool = False) -> Prepared:
+    """Write the prepared dataset to `out`; returns its manifest and code check."""
     path, columns = Path(path), columns or Columns()
     if code_system not in CODE_SYSTEMS:
         raise ClemError(f"--code-system must be one of {', '.join(CODE_SYSTEMS)}, got '{code_system}'")
@@ -269,4 +269,4 @@ def prepare_custom(path: Path, out: Path, *, columns: Columns | None = None, cod
                            "rows_merged_into_earlier_rows": reader.merged_rows},
             },
         )
-    return manifest | {"_report": writer.report}
+    return Prepared(manifest, writer.report)

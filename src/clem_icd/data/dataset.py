@@ -22,10 +22,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clem_icd import __version__
 from clem_icd.atomic import publish_folder
 from clem_icd.codes import CodeDictionary, CodeReport, CodeSystem
 from clem_icd.errors import ClemError
+from clem_icd.version import __version__
 
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"train": "train", "val": "val", "dev": "val", "valid": "val",
@@ -108,11 +108,15 @@ class DatasetWriter:
         codes = sorted(present, key=lambda c: (code_systems[c].value, c))
         report = CodeReport()
         report.check(dictionary, Counter({(code_systems[c], c): present[c] for c in codes}))
+        described = [dictionary.describe_with_rule(c, code_systems[c]) for c in codes]
+        rules: Counter = Counter()
+        for code, (_, rule) in zip(codes, described):
+            rules[(code_systems[code].value, rule or "none")] += 1
         pl.DataFrame(
             {
                 "code": codes,
                 "system": [code_systems[c].value for c in codes],
-                "description": [dictionary.describe(c, code_systems[c]) or "" for c in codes],
+                "description": [description or "" for description, _ in described],
                 "train_count": [self.code_counts["train"][c] for c in codes],
             },
             schema={"code": pl.String, "system": pl.String, "description": pl.String,
@@ -132,7 +136,12 @@ class DatasetWriter:
                 "documents_without_codes": self.documents_without_codes,
                 **manifest.get("counts", {}),
             },
-            "code_check": {"dictionaries": dictionary.sources, **report.as_manifest()},
+            "code_check": {"dictionaries": dictionary.sources, "packages": dictionary.package_versions(),
+                           **report.as_manifest()},
+            # codes per system by the rule that described them ("none": no description); the
+            # rules are listed in clem_icd.codes.dictionary
+            "descriptions": {system: {rule: n for (s, rule), n in sorted(rules.items()) if s == system}
+                             for system in sorted({s for s, _ in rules})},
         }
         (self._tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         self._publish()
@@ -142,6 +151,15 @@ class DatasetWriter:
     def _publish(self) -> None:
         publish_folder(self._tmp, self.out)
         self._tmp = None
+
+
+@dataclass
+class Prepared:
+    """What a preparation returns: the manifest as written to manifest.json, and the code check
+    (unknown codes) for the console."""
+
+    manifest: dict
+    report: CodeReport
 
 
 def input_record(path: Path) -> dict:

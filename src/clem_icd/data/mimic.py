@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.feather as pafeather
 
 from clem_icd.codes import CodeDictionary, CodeSystem, normalize_code, system_for
-from clem_icd.data.dataset import DatasetWriter, canonical_split, input_record
+from clem_icd.data.dataset import DatasetWriter, Prepared, canonical_split, input_record
 from clem_icd.data.io import (
     decode_utf8_column,
     find_table,
@@ -209,7 +209,7 @@ def read_split_file(path: Path) -> pl.DataFrame:
     return frame.select("hadm_id", "split")
 
 
-def prepare_mimic(recipe: MimicRecipe, out: Path, dictionary: CodeDictionary, *, overwrite: bool = False) -> dict:
+def prepare_mimic(recipe: MimicRecipe, out: Path, dictionary: CodeDictionary, *, overwrite: bool = False) -> Prepared:
     if not recipe.split_file.is_file():
         raise ClemError(f"{recipe.split_file}: split file not found")
     splits = read_split_file(recipe.split_file)
@@ -272,7 +272,7 @@ def prepare_mimic(recipe: MimicRecipe, out: Path, dictionary: CodeDictionary, *,
                 },
             },
         )
-    return manifest | {"_report": writer.report}
+    return Prepared(manifest, writer.report)
 
 
 def _write_documents(notes: NoteTable, writer: DatasetWriter, keep_records: set[int],
@@ -352,8 +352,7 @@ def mimic_iii_recipe(mimic_iii: Path, split_file: Path, *, subset: str = "full",
     dictionary = CodeDictionary()
     for paths, is_diagnosis in ((d_diag, True), (d_proc, False)):
         if paths:
-            dictionary.tables.update(_mimic_iii_dictionary(paths[0], is_diagnosis))
-            dictionary.sources.append(str(paths[0]))
+            dictionary.add_table(_mimic_iii_dictionary(paths[0], is_diagnosis), str(paths[0]))
     return recipe, dictionary
 
 

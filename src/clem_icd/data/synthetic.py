@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from clem_icd.codes import CodeDictionary, CodeSystem
+from clem_icd.codes.icd10cm import tabular_list
 from clem_icd.data.dataset import DatasetWriter
 from clem_icd.errors import ClemError
 
@@ -88,12 +89,6 @@ DISTRACTOR_TEMPLATES = (
 )
 
 
-def _icd10cm():
-    import simple_icd_10_cm  # slow import (parses the tabular list): only when needed
-
-    return simple_icd_10_cm
-
-
 def _as_mention(term: str) -> str | None:
     """A tabular-list term as it would be written in a note: 'NOS' dropped, a capital first
     letter lowered unless the word is an acronym ('COPD')."""
@@ -109,7 +104,7 @@ def _as_mention(term: str) -> str | None:
 @lru_cache(maxsize=None)
 def code_phrases(code: str) -> tuple[str, ...]:
     """The phrases a synthetic note may use for `code`: its description and inclusion terms."""
-    icd = _icd10cm()
+    icd = tabular_list()
     if not icd.is_valid_item(code):
         raise ClemError(f"'{code}' is not an ICD-10-CM code known to simple-icd-10-cm")
     terms = [icd.get_description(code), *icd.get_inclusion_term(code)]

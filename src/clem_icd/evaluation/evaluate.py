@@ -9,14 +9,16 @@ model does not know get score 0 (they count as misses, never silently dropped).
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 
 from clem_icd.data.dataset import PreparedDataset
+from clem_icd.data.labels import targets_matrix
 from clem_icd.errors import ClemError
-from clem_icd.evaluation.metrics import compute_metrics, per_code_table, tune_threshold
+from clem_icd.evaluation.metrics import compute_metrics, per_code_table
 from clem_icd.evaluation.report import (
     json_value,
     render_metrics_table,
@@ -24,8 +26,7 @@ from clem_icd.evaluation.report import (
     write_metrics_json,
     write_per_code_csv,
 )
-from clem_icd.inference import load_model
-from clem_icd.training.trainer import targets_matrix
+from clem_icd.loading import load_model
 
 
 def label_space(model_codes: list[str], dataset_codes: list[str]) -> list[str]:
@@ -63,25 +64,34 @@ def evaluate_model(model, name: str, dataset: PreparedDataset, split: str, out_d
     return {f"{name} @ {threshold:.2f}": tuned, f"{name} @ 0.50": at_half}
 
 
-def fit_baseline(dataset: PreparedDataset, cache: Path):
-    """The TF-IDF baseline trained on train, threshold tuned on val; cached in `cache`."""
+def fit_baseline(dataset: PreparedDataset, cache: Path, options: dict | None = None):
+    """The TF-IDF baseline of `dataset` with `options` (default hyperparameters when None),
+    fitted by the one baseline path (clem_icd.baselines.fit: fit on train, threshold tuned on
+    val). It is kept in `cache` and reused only when it was fitted on this very dataset (same
+    fingerprint) with the same options; otherwise it is fitted again and replaces the cache."""
+    from clem_icd.baselines.fit import dataset_fingerprint, fit_tfidf_baseline, matches
     from clem_icd.baselines.tfidf import TfidfCoder
 
+    cache = Path(cache)
     if (cache / "config.json").is_file():
-        return TfidfCoder.from_pretrained(cache)
-    train, val = dataset.split("train"), dataset.split("val")
-    model = TfidfCoder.fit(train["text"].to_list(), train["codes"].to_list(), dataset.code_list,
-                           descriptions=dataset.codes["description"].to_list())
-    if not val.is_empty():
-        val_targets = targets_matrix(val["codes"].to_list(), dataset.code_list)
-        model.threshold = tune_threshold(model.predict_proba(val["text"].to_list()), val_targets)
-    model.save_pretrained(cache)
+        try:
+            with warnings.catch_warnings():  # an old cache without code systems is refitted anyway
+                warnings.simplefilter("ignore", UserWarning)
+                cached = TfidfCoder.from_pretrained(cache)
+        except ClemError:  # damaged: fit it again (save_pretrained still refuses a non-TF-IDF folder)
+            cached = None
+        if cached is not None and matches(cached, dataset, options, dataset_fingerprint(dataset)):
+            return cached
+    model, _ = fit_tfidf_baseline(dataset, options, cache)
     return model
 
 
 def evaluate(model_dir: Path, data_dir: Path, split: str, out_dir: Path, *, baseline: str = "auto",
-             console: Console | None = None) -> dict:
-    """Evaluate a model folder (and the baseline) on `split`; returns {column name: metrics}."""
+             baseline_options: dict | None = None, console: Console | None = None) -> dict:
+    """Evaluate a model folder (and the baseline) on `split`; returns {column name: metrics}.
+    `baseline`: "auto" (the TF-IDF baseline fitted on the dataset with `baseline_options`,
+    default hyperparameters when None, cached in `out_dir/baseline_tfidf`), "none", or the
+    folder of a trained baseline."""
     dataset = PreparedDataset.load(data_dir)
     if dataset.split(split).is_empty():
         raise ClemError(f"{data_dir}: no documents in split '{split}'")
@@ -89,7 +99,10 @@ def evaluate(model_dir: Path, data_dir: Path, split: str, out_dir: Path, *, base
     out_dir.mkdir(parents=True, exist_ok=True)
     results = evaluate_model(load_model(model_dir), "model", dataset, split, out_dir)
     if baseline != "none":
-        model = fit_baseline(dataset, out_dir / "baseline_tfidf") if baseline == "auto" else load_model(baseline)
+        if baseline == "auto":
+            model = fit_baseline(dataset, out_dir / "baseline_tfidf", baseline_options)
+        else:
+            model = load_model(baseline)
         results |= evaluate_model(model, "tfidf", dataset, split, out_dir)
     write_metrics_json_nested(results, split, out_dir / "metrics.json")
     render_metrics_table(results, console or Console())

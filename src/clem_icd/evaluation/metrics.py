@@ -3,12 +3,15 @@
 Reference: github.com/JoakimEdin/medical-coding-reproducibility, src/metrics.py,
 src/trainer/trainer.py and src/utils/decision_boundary.py (read for semantics; no code copied).
 
-What is scored (their MetricCollection with split code indices):
+What is scored by `compute_metrics` (always; it has no option to score everything), as their
+MetricCollection with split code indices:
 - only codes with at least one positive in this split's `targets`;
 - only documents with at least one positive among those codes. Since every code with a positive
   is scored, that is simply "documents with any positive".
   (Edin drops such documents for the batch metrics but not for AUC; their MIMIC splits have no
   document without codes, so the two agree there. We drop them for every metric.)
+`per_code_table` drops the same documents but lists every code (null metrics where unscored).
+`tune_threshold` does NOT filter by default (see the last points below).
 
 Conventions, each as in Edin's code unless said otherwise:
 - prediction = score > threshold (strict): a score equal to the threshold is negative. Values
@@ -38,8 +41,9 @@ Conventions, each as in Edin's code unless said otherwise:
   values (np.linspace(0, 1, 100), in float64 where theirs are float32: they differ by < 3e-9)
   and np.argmax, which also returns the first, i.e. the lowest threshold among ties. Edin passes
   the *unfiltered* validation matrix (codes of the label space absent from validation, and
-  documents without codes, add false positives); the project's protocol (DESIGN.md) filters as
-  above. `tune_threshold(..., filtered=False)` reproduces Edin's variant.
+  documents without codes, add false positives), and so does `tune_threshold` by default
+  (`filtered=False`; the threshold saved with a trained model, and the baselines', is tuned so).
+  `tune_threshold(..., filtered=True)` tunes on the sub-matrix compute_metrics scores instead.
 - Edin accumulates counts in float32 tensors; we count in integers, so large splits are exact.
 """
 
@@ -307,7 +311,11 @@ def _auc_metrics(scores, targets) -> dict[str, float]:
 
 
 def compute_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float) -> dict[str, float]:
-    """Every metric of the protocol (keys: METRIC_KEYS) on the scored part of the split."""
+    """Every metric of the protocol (keys: METRIC_KEYS) at `threshold` (prediction = score >
+    threshold), always on the scored part of the split: the codes with at least one positive in
+    `targets` and the documents with at least one positive; "documents" and "codes" give its
+    size. Raises ClemError when no document has a positive, ValueError for a non-finite
+    threshold. (tune_threshold, unlike this, uses the whole matrix unless `filtered=True`.)"""
     if not np.isfinite(threshold):
         raise ValueError(f"threshold must be finite, got {threshold}")
     scores, targets = _filter(*_as_arrays(scores, targets))

@@ -1,6 +1,6 @@
-"""Running trained models: loading any model folder, coding notes with evidence."""
+"""Coding notes with a trained coder: inputs, tokens with offsets, attributions, evidence spans,
+output formats. (Loading any model folder: clem_icd.loading.)"""
 
-from clem_icd.inference.loader import load_model
 from clem_icd.inference.predictor import NotePredictor, PredictOptions
 
-__all__ = ["NotePredictor", "PredictOptions", "load_model"]
+__all__ = ["NotePredictor", "PredictOptions"]

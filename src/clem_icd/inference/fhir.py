@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 
-from clem_icd import __version__
+from clem_icd.version import __version__
 
 PROFILE_BASE = "https://github.com/clem-icd/clem-icd/fhir/StructureDefinition"
 PROBABILITY_URL = f"{PROFILE_BASE}/probability"

@@ -6,8 +6,9 @@ padding is computed; results come back in input order.
 
 Long notes: by default a note is truncated at the model's `max_length` (as in training) and
 flagged `truncated`. With `window_stride`, a longer note is read as overlapping windows of
-`max_length` tokens every `window_stride` tokens, each code's score is the maximum over the
-windows, and its evidence comes from the window that gave that maximum.
+`max_length` tokens (`capacity` content tokens plus the special tokens) every `window_stride`
+tokens, each code's score is the maximum over the windows, and its evidence comes from the window
+that gave that maximum. A stride longer than `capacity` would skip tokens and is refused.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from clem_icd.choice import choose_codes
 from clem_icd.errors import ClemError
 from clem_icd.inference.attribution import EXPLAIN_METHODS, token_attributions
-from clem_icd.inference.evidence import evidence_spans
+from clem_icd.inference.spans import evidence_spans
 from clem_icd.inference.tokens import (
     EncodedNote,
     Window,
@@ -79,6 +81,13 @@ class NotePredictor:
         self.capacity = coder.config.max_length - len(self.prefix) - len(self.suffix)
         if self.capacity < 1:
             raise ClemError(f"max_length {coder.config.max_length} leaves no room for text")
+        stride = self.options.window_stride
+        if stride is not None and stride > self.capacity:
+            # Windows are `capacity` tokens long: a longer stride would skip the tokens between them.
+            raise ClemError(f"--window-stride {stride} is larger than this model's window of {self.capacity} "
+                            f"tokens (max_length {coder.config.max_length} minus "
+                            f"{len(self.prefix) + len(self.suffix)} special tokens), so the tokens between "
+                            f"windows would be skipped: use at most {self.capacity}")
         n = len(coder.codes)
         self.systems = coder.config.code_systems or [""] * n
         self.descriptions = coder.config.descriptions or [""] * n
@@ -199,7 +208,7 @@ class NotePredictor:
              explain: bool = True) -> tuple[np.ndarray, list[dict[int, np.ndarray]]]:
         """Logits of a batch of windows and, when explaining, per window {code: scores of its
         content tokens}. `codes` None: explain the codes each window's own scores choose."""
-        from clem_icd.model.coder import pad_batch
+        from clem_icd.batching import pad_batch
 
         coder = self.coder
         sequences = [self.prefix + notes[w.note].ids[w.start:w.end] + self.suffix for w in batch]
@@ -228,12 +237,6 @@ class NotePredictor:
                               note.words[window.start:window.end], token_scores,
                               threshold=self.options.evidence_threshold, words=self.options.evidence_words,
                               max_spans=self.options.max_spans)
-
-
-def choose_codes(probabilities: np.ndarray, threshold: float, top_k: int | None) -> list[int]:
-    """Columns scored above the threshold, best first (ties by column order), at most top_k."""
-    order = np.argsort(-probabilities, kind="stable")[:top_k]
-    return [int(j) for j in order if probabilities[j] > threshold]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -1,55 +1,35 @@
 """Coding a stream of note records: blocks of records in, output records out, in input order.
 
 Records are taken in blocks (`block_size`), so that any number of notes is coded in bounded
-memory while each block is still length-sorted into batches by the predictor."""
+memory while each block is still length-sorted into batches by the predictor.
+
+One interface for every model kind: a note predictor is a function texts -> one result per text,
+{"codes": [{code, system, description, probability[, evidence]}], "truncated": bool}, which a
+loaded model gives with `model.note_predictor(options)` (the neural coder: NotePredictor; the
+TF-IDF baseline: no evidence, --explain refused, never truncated). Both choose codes with the
+one rule, clem_icd.choice.choose_codes.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from clem_icd.errors import ClemError
 from clem_icd.inference.inputs import NoteRecord
-from clem_icd.inference.predictor import NotePredictor, PredictOptions, choose_codes
+
+NotesPredictor = Callable[[list[str]], list[dict]]
 
 
-class TfidfPredictor:
-    """The TF-IDF baseline behind the same interface (no evidence, no truncation)."""
-
-    def __init__(self, model, options: PredictOptions):
-        if options.explain:
-            raise ClemError("--explain needs a neural CLEM-ICD model; this is the TF-IDF baseline")
-        from clem_icd.codes.systems import guess_icd10_system
-
-        self.model, self.options = model, options
-        self.threshold = model.threshold if options.threshold is None else options.threshold
-        self.systems = [str(guess_icd10_system(code)) for code in model.codes]
-        self.descriptions = model.descriptions or [""] * len(model.codes)
-
-    def predict(self, texts: list[str]) -> list[dict]:
-        results = []
-        for row in self.model.predict_proba(texts):
-            codes = [{"code": self.model.codes[j], "system": self.systems[j], "description": self.descriptions[j],
-                      "probability": float(row[j])} for j in choose_codes(row, self.threshold, self.options.top_k)]
-            results.append({"codes": codes, "truncated": False})
-        return results
-
-
-def make_predictor(model, options: PredictOptions):
-    from clem_icd.baselines.tfidf import TfidfCoder
-
-    return TfidfPredictor(model, options) if isinstance(model, TfidfCoder) else NotePredictor(model, options)
-
-
-def code_records(predictor, records: Iterable[NoteRecord], *, block_size: int = 256,
+def code_records(predict: NotesPredictor, records: Iterable[NoteRecord], *, block_size: int = 256,
                  progress: Callable[[int], None] | None = None) -> Iterator[dict]:
-    """Output records ({id, codes, truncated} or {id, error}) in the order of `records`."""
+    """Output records ({id, codes, truncated} or {id, error}) in the order of `records`;
+    `predict` is a note predictor (`model.note_predictor(options)`)."""
     done = 0
     block: list[NoteRecord] = []
 
     def flush() -> Iterator[dict]:
         nonlocal done
         texts = [r.text for r in block if r.error is None]
-        results = iter(predictor.predict(texts) if texts else [])
+        results = iter(predict(texts) if texts else [])
         for record in block:
             yield {"id": record.id, "error": record.error} if record.error else {"id": record.id, **next(results)}
         done += len(block)

@@ -78,7 +78,10 @@ def _to_original(spans: np.ndarray, origin: list[int], text_length: int) -> np.n
 def note_windows(note: int, n_tokens: int, capacity: int, stride: int | None) -> list[Window]:
     """One window holding the first `capacity` tokens; with a `stride`, windows every `stride`
     tokens until the last one reaches the end of the note (the last window is aligned to the
-    end, so no window is shorter than it needs to be)."""
+    end, so no window is shorter than it needs to be). A stride longer than `capacity` would skip
+    the tokens between windows and is refused."""
+    if stride is not None and not 1 <= stride <= capacity:
+        raise ClemError(f"window stride {stride} must be between 1 and the window of {capacity} tokens")
     if stride is None or n_tokens <= capacity:
         return [Window(note, 0, min(n_tokens, capacity))]
     starts = list(range(0, n_tokens - capacity, stride)) + [n_tokens - capacity]

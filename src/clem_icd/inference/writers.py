@@ -25,12 +25,12 @@ from typing import TextIO
 from clem_icd.errors import ClemError
 from clem_icd.inference import fhir
 
-FORMATS = ("jsonl", "fhir", "codiesp", "codiesp-x")
+OUTPUT_FORMATS = ("jsonl", "fhir", "codiesp", "codiesp-x")
 
 
 def check_format(format: str) -> None:
-    if format not in FORMATS:
-        raise ClemError(f"--format must be one of {', '.join(FORMATS)}, got '{format}'")
+    if format not in OUTPUT_FORMATS:
+        raise ClemError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got '{format}'")
 
 
 class RecordWriter:

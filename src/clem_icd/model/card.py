@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clem_icd import __version__
 from clem_icd.atomic import write_text_atomic
+from clem_icd.version import __version__
 
 SHOWN_METRICS = ("f1_micro", "f1_macro", "precision@8", "map", "auc_micro")
 

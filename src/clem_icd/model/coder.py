@@ -73,20 +73,25 @@ class ICDCoder(nn.Module):
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_encoder(cls, encoder: str, codes: list[str], *, tokenizer: str | None = None,
-                     encoder_config: dict | None = None, **options) -> "ICDCoder":
+    def from_encoder(cls, encoder: str, codes: list[str], **options) -> "ICDCoder":
         """A new coder on a pretrained encoder (hub id or folder), or on a randomly initialised
-        one when `encoder_config` (a HF config dict with `model_type`) is given."""
+        one when `encoder_config` (a HF config dict with `model_type`) is given; `options` are
+        further ICDCoderConfig fields (head, max_length, descriptions, ...)."""
+        return cls.from_config(ICDCoderConfig(encoder=encoder, codes=list(codes), **options))
+
+    @classmethod
+    def from_config(cls, config: ICDCoderConfig) -> "ICDCoder":
+        """A new (untrained head) coder as `config` describes it."""
         from transformers import AutoTokenizer
 
-        config = ICDCoderConfig(encoder=encoder, codes=list(codes), encoder_config=encoder_config or {}, **options)
-        model = _build_encoder(config, pretrained=encoder_config is None)
+        model = _build_encoder(config, pretrained=config.encoder_config is None)
         # Through JSON, so the stored config equals what a saved folder reads back.
         config.encoder_config = json.loads(model.config.to_json_string(use_diff=False))
+        tokenizer = config.tokenizer or config.encoder
         try:
-            tok = AutoTokenizer.from_pretrained(resolve_encoder(tokenizer or encoder))
+            tok = AutoTokenizer.from_pretrained(resolve_encoder(tokenizer))
         except OSError as exc:
-            raise ClemError(f"tokenizer '{tokenizer or encoder}' could not be loaded: {exc}".splitlines()[0]) from None
+            raise ClemError(f"tokenizer '{tokenizer}' could not be loaded: {exc}".splitlines()[0]) from None
         coder = cls(config, model, tok)
         if config.label_query_init == "description":
             coder.init_label_queries_from_descriptions()
@@ -191,6 +196,14 @@ class ICDCoder(nn.Module):
         finally:
             self.train(was_training)
 
+    def note_predictor(self, options=None):
+        """The streaming interface every model kind offers (see clem_icd.inference.run): a
+        function texts -> per text {"codes": [...], "truncated": bool}, with `options` (a
+        clem_icd.inference.PredictOptions) checked now, before any note is read."""
+        from clem_icd.inference.predictor import NotePredictor
+
+        return NotePredictor(self, options).predict
+
     # ------------------------------------------------------------------ persistence
 
     def save_pretrained(self, path: Path | str, metrics: dict | None = None) -> None:
@@ -230,13 +243,3 @@ class ICDCoder(nn.Module):
             raise ClemError(f"{path / 'model.safetensors'}: weights do not fit the config ({exc.__class__.__name__})") from None
         return coder.to(device or "cpu").eval()
 
-
-def pad_batch(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token id lists to the longest; returns (input_ids, attention_mask)."""
-    longest = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return ids, mask

@@ -1,4 +1,12 @@
-"""Configuration of a trained coder: everything needed to rebuild it offline from its folder."""
+"""Configuration of the coder.
+
+`CoderSettings` is the one definition of every model option: a recipe's `model:` section (kind
+`clem_icd`) is passed to it as is and validated here, and nowhere else. `ICDCoderConfig` is what a
+trained coder's folder stores: the settings plus what training derived from the data (codes,
+their systems and descriptions, the text cleaning) and the tuned threshold, so that the coder can
+be rebuilt offline from its folder. Adding a model option means adding one field here (and using
+it in the model).
+"""
 
 from __future__ import annotations
 
@@ -10,36 +18,60 @@ from clem_icd.errors import ClemError
 
 MODEL_TYPE = "clem_icd"
 TEXT_CLEANINGS = ("none", "edin2023")
+HEAD_KINDS = ("laat", "cross")
+LABEL_QUERY_INITS = ("random", "description")
 
 
 @dataclass
-class ICDCoderConfig:
-    encoder: str  # hub id or local folder the encoder (and tokenizer) came from
-    codes: list[str]  # label order
+class CoderSettings:
+    encoder: str = "answerdotai/ModernBERT-base"  # hub id, local folder or package://module/folder
+    tokenizer: str | None = None  # default: the encoder's
+    # A Hugging Face config dict (with model_type): the encoder is randomly initialised from it
+    # (tests, benchmarks). A saved coder stores its encoder's full config here to rebuild offline.
+    encoder_config: dict | None = None
     head: str = "laat"  # laat (PLM-ICD) | cross (label cross-attention)
     max_length: int = 8192  # tokens per note; longer notes are truncated
     chunk_size: int = 8192  # encoder window; == max_length means no chunking
     attention_dim: int = 512
     label_query_init: str = "random"  # random | description
+    attn_implementation: str | None = None  # None: transformers' default for the device
+
+    def __post_init__(self) -> None:
+        if self.head not in HEAD_KINDS:
+            raise ClemError(f"head must be one of {', '.join(HEAD_KINDS)}, got '{self.head}'")
+        if self.label_query_init not in LABEL_QUERY_INITS:
+            raise ClemError(f"label_query_init must be one of {', '.join(LABEL_QUERY_INITS)}, "
+                            f"got '{self.label_query_init}'")
+        if self.chunk_size < 1 or self.max_length < 1 or self.attention_dim < 1:
+            raise ClemError("max_length, chunk_size and attention_dim must be positive")
+        if self.chunk_size > self.max_length:
+            self.chunk_size = self.max_length  # a chunk never needs to exceed the note
+        self.encoder_config = self.encoder_config or None  # {} reads as "no config": pretrained
+        if self.encoder_config is not None and "model_type" not in self.encoder_config:
+            raise ClemError("encoder_config needs a 'model_type' (a Hugging Face config dict)")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def settings(self) -> dict:
+        """The recipe-level settings only (what a `model:` section may set)."""
+        return {name: getattr(self, name) for name in CoderSettings.field_names()}
+
+
+@dataclass
+class ICDCoderConfig(CoderSettings):
+    codes: list[str] = field(default_factory=list)  # label order
     threshold: float = 0.5  # tuned on val after training
     code_systems: list[str] = field(default_factory=list)
     descriptions: list[str] = field(default_factory=list)
-    encoder_config: dict = field(default_factory=dict)  # the encoder's HF config, to rebuild offline
-    attn_implementation: str | None = None  # None: transformers' default for the device
     text_cleaning: str = "none"  # none | edin2023: what the training notes went through; applied to new notes
     model_type: str = MODEL_TYPE
 
     def __post_init__(self) -> None:
-        if self.head not in ("laat", "cross"):
-            raise ClemError(f"head must be 'laat' or 'cross', got '{self.head}'")
-        if self.label_query_init not in ("random", "description"):
-            raise ClemError(f"label_query_init must be 'random' or 'description', got '{self.label_query_init}'")
+        super().__post_init__()
         if self.text_cleaning not in TEXT_CLEANINGS:
             raise ClemError(f"text_cleaning must be one of {', '.join(TEXT_CLEANINGS)}, got '{self.text_cleaning}'")
-        if self.chunk_size < 1 or self.max_length < 1:
-            raise ClemError("max_length and chunk_size must be positive")
-        if self.chunk_size > self.max_length:
-            self.chunk_size = self.max_length  # a chunk never needs to exceed the note
         if not self.codes:
             raise ClemError("a coder needs at least one code")
 

@@ -1,8 +1,9 @@
 """Label-wise attention heads: one attention distribution over tokens per code.
 
-Both heads mask padding out of the softmax (the public PLM-ICD code attends to padding, which
-makes a note's scores depend on what it is batched with) and compute the softmax in float32
-with the maximum subtracted (PLM-ICD runs are known to diverge from overflow there).
+Both heads mask padding out of the softmax (the public PLM-ICD code attends to padding, and so
+did Edin et al.'s label cross-attention until a January 2026 fix of its mask; that makes a
+note's scores depend on what it is batched with) and compute the softmax in float32 with the
+maximum subtracted (PLM-ICD runs are known to diverge from overflow there).
 """
 
 from __future__ import annotations
@@ -58,8 +59,40 @@ class LAATHead(nn.Module):
 
 
 class CrossAttentionHead(nn.Module):
-    """Label cross-attention (Edin et al. 2024): learned label queries attend to projections of
-    the token states with scaled dot products; layer norm; one output weight vector per label."""
+    """Label cross-attention after Edin et al. (2024, "An unsupervised approach to achieve
+    supervised-level explainability in healthcare records"; their `LabelCrossAttention` in
+    github.com/JoakimEdin/explainable-medical-coding, models/modules/attention.py), with the
+    per-label read-out of PLM-ICD / LAAT instead of theirs.
+
+    With H the (tokens x hidden) token states and d = `attention_dim`:
+        K = H W_k, V = H W_v (d-dimensional, no biases);
+        A_l = softmax over the note's real tokens of q_l . K_t / sqrt(d);
+        c_l = LayerNorm(sum_t A_lt V_t);   logit_l = w_l . c_l + b_l.
+
+    As in Edin et al.: one learned query q_l per label, keys and values are linear projections
+    of H, softmax over tokens, layer norm (with affine) of each label's context, then a linear
+    read-out; queries and output weights start as N(0, 0.03).
+
+    Where it departs, and why:
+    - Output: per-label weights w_l and bias b_l (labels x d + labels parameters). Theirs is one
+      `Linear(hidden, 1)` shared by all labels (logit_l = w . c_l + b), so everything
+      label-specific sits in the query. We keep LAAT's per-label read-out (w3_l . V_l + b_l) so
+      that `laat` and `cross` differ only in how attention is computed, and so that every code
+      has its own bias (its base rate), which one shared scalar cannot give. Cost: labels x d
+      parameters (4M for 7,942 codes at d = 512).
+    - Scaling: scores are divided by sqrt(d), standard scaled dot-product attention, so their
+      spread does not grow with d; theirs are divided by `scale`, 1 in their configs
+      (unscaled). `init_from_label_embeddings` relies on it: queries of norm sqrt(d) give scores
+      |K_t| cos(q_l, K_t).
+    - Width: keys, values and queries have `attention_dim` (default 512) dimensions, where theirs
+      keep the encoder's hidden size, so the head does not grow with the encoder (1,024 for
+      ModernBERT-large). W_v has no bias (theirs has one; since each A_l sums to 1, it only
+      adds one shared vector to every context). W_k and W_v keep PyTorch's default init (theirs:
+      N(0, 0.03)).
+    - Padding gets exactly zero weight and the softmax runs in float32 (see the module notes);
+      optional query initialisation from code descriptions.
+    None of these departures has been ablated against Edin et al.'s exact head in this project
+    (docs/results.md has no such run): they are design choices, not measured improvements."""
 
     def __init__(self, hidden_size: int, num_labels: int, attention_dim: int = 512):
         super().__init__()

@@ -10,7 +10,8 @@ import polars as pl
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from clem_icd.model.coder import pad_batch
+from clem_icd.batching import pad_batch
+from clem_icd.data.labels import label_indices, multi_hot
 from clem_icd.progress import progress_bar
 
 
@@ -18,9 +19,8 @@ class CodedNotes(Dataset):
     """Token ids and label indices of one split; items are (index, ids, labels)."""
 
     def __init__(self, documents: pl.DataFrame, codes: list[str], tokenize, batch: int = 256):
-        index = {code: j for j, code in enumerate(codes)}
         self.ids = documents["id"].to_list()
-        self.labels = [[index[c] for c in doc if c in index] for doc in documents["codes"].to_list()]
+        self.labels = label_indices(documents["codes"].to_list(), codes)
         texts = documents["text"].to_list()
         self.tokens: list[list[int]] = []
         with progress_bar("tokenizing", len(texts)) as update:
@@ -36,10 +36,7 @@ class CodedNotes(Dataset):
         return i, self.tokens[i], self.labels[i]
 
     def targets(self) -> np.ndarray:
-        matrix = np.zeros((len(self), self.num_labels), dtype=np.int8)
-        for row, labels in enumerate(self.labels):
-            matrix[row, labels] = 1
-        return matrix
+        return multi_hot(self.labels, self.num_labels)
 
 
 class LengthGroupedBatches(Sampler[list[int]]):

@@ -25,11 +25,11 @@ from clem_icd.errors import ClemError
 from clem_icd.evaluation.metrics import compute_metrics, tune_threshold
 from clem_icd.precision import mixed_precision
 from clem_icd.progress import progress_bar
-from clem_icd.training.config import TrainConfig
 from clem_icd.training.data import CodedNotes, LengthGroupedBatches, collate
+from clem_icd.training.recipe import Recipe
 
 
-def train(config: TrainConfig, data_dir: Path, output_dir: Path) -> dict:
+def train(config: Recipe, data_dir: Path, output_dir: Path) -> dict:
     """Train and save the best model to `output_dir`; returns its final metrics."""
     dataset = PreparedDataset.load(data_dir)
     output_dir = Path(output_dir)
@@ -38,64 +38,45 @@ def train(config: TrainConfig, data_dir: Path, output_dir: Path) -> dict:
         raise ClemError(f"{data_dir}: no documents in the train split")
     if val_docs.is_empty():
         raise ClemError(f"{data_dir}: no documents in the val split (needed for early stopping and the threshold)")
-    if config.model == "tfidf":
+    if config.kind == "tfidf":
         return train_tfidf(config, dataset, output_dir)
     return train_coder(config, dataset, output_dir)
 
 
-def train_tfidf(config: TrainConfig, dataset: PreparedDataset, output_dir: Path) -> dict:
-    from clem_icd.baselines.tfidf import TfidfCoder
+def train_tfidf(config: Recipe, dataset: PreparedDataset, output_dir: Path) -> dict:
+    from clem_icd.baselines.fit import fit_tfidf_baseline
 
-    start = time.perf_counter()
-    train_docs, val_docs = dataset.split("train"), dataset.split("val")
-    model = TfidfCoder.fit(train_docs["text"].to_list(), train_docs["codes"].to_list(), dataset.code_list,
-                           descriptions=dataset.codes["description"].to_list(), config=config.tfidf)
-    seconds = time.perf_counter() - start
-    val_scores = model.predict_proba(val_docs["text"].to_list())
-    val_targets = targets_matrix(val_docs["codes"].to_list(), dataset.code_list)
-    model.threshold = tune_threshold(val_scores, val_targets)
-    metrics = {"val": compute_metrics(val_scores, val_targets, model.threshold),
-               "threshold": model.threshold, "train_seconds": seconds}
-    model.save_pretrained(output_dir)
-    write_json_atomic(metrics, output_dir / "metrics.json")
+    # The one fit-tune-save path of the baseline (also used by `clem-icd evaluate`).
+    _, metrics = fit_tfidf_baseline(dataset, config.model, output_dir)
     return metrics
 
 
-def targets_matrix(code_lists: list[list[str]], codes: list[str]) -> np.ndarray:
-    index = {c: j for j, c in enumerate(codes)}
-    matrix = np.zeros((len(code_lists), len(codes)), dtype=np.int8)
-    for row, doc_codes in enumerate(code_lists):
-        matrix[row, [index[c] for c in doc_codes if c in index]] = 1
-    return matrix
-
-
-def train_coder(config: TrainConfig, dataset: PreparedDataset, output_dir: Path) -> dict:
+def train_coder(config: Recipe, dataset: PreparedDataset, output_dir: Path) -> dict:
     from accelerate import Accelerator, PartialState
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
     from transformers import get_linear_schedule_with_warmup
 
-    from clem_icd.model import ICDCoder
+    from clem_icd.model import ICDCoder, ICDCoderConfig
 
+    data, optim, loop = config.data, config.optim, config.train
     processes = PartialState().num_processes  # the state Accelerator will share
-    per_step = config.micro_batch_size * processes
-    if config.batch_size % per_step:
-        raise ClemError(f"batch_size {config.batch_size} is not a multiple of micro_batch_size x processes "
-                        f"({config.micro_batch_size} x {processes})")
-    accelerator = Accelerator(gradient_accumulation_steps=config.batch_size // per_step,
-                              mixed_precision=mixed_precision(config.mixed_precision),
-                              log_with=config.trackers or None, project_dir=str(output_dir))
-    set_seed(config.seed)
+    per_step = data.micro_batch_size * processes
+    if data.batch_size % per_step:
+        raise ClemError(f"data.batch_size {data.batch_size} is not a multiple of data.micro_batch_size x "
+                        f"processes ({data.micro_batch_size} x {processes})")
+    accelerator = Accelerator(gradient_accumulation_steps=data.batch_size // per_step,
+                              mixed_precision=mixed_precision(loop.mixed_precision),
+                              log_with=loop.trackers or None, project_dir=str(output_dir))
+    set_seed(loop.seed)
     main = accelerator.is_main_process
     codes = dataset.code_list
-    coder = ICDCoder.from_encoder(
-        config.encoder, codes, tokenizer=config.tokenizer, encoder_config=config.encoder_config,
-        head=config.head, max_length=config.max_length, chunk_size=config.chunk_size,
-        attention_dim=config.attention_dim, label_query_init=config.label_query_init,
-        attn_implementation=config.attn_implementation,
+    # The recipe's model section as is, plus what the data decides.
+    coder = ICDCoder.from_config(ICDCoderConfig(
+        **config.model.settings(), codes=codes,
         text_cleaning="edin2023" if dataset.manifest.get("options", {}).get("clean_text") else "none",
-        code_systems=dataset.codes["system"].to_list(), descriptions=dataset.codes["description"].to_list())
-    if config.gradient_checkpointing:
+        code_systems=dataset.codes["system"].to_list(), descriptions=dataset.codes["description"].to_list()))
+    if loop.gradient_checkpointing:
         coder.encoder.gradient_checkpointing_enable()
 
     with accelerator.main_process_first():
@@ -104,27 +85,27 @@ def train_coder(config: TrainConfig, dataset: PreparedDataset, output_dir: Path)
     init_output_bias(coder, train_set)
     pad_id = coder.tokenizer.pad_token_id or 0
     batch_collate = partial(collate, pad_id=pad_id, num_labels=len(codes))
-    train_sampler = LengthGroupedBatches([len(t) for t in train_set.tokens], config.micro_batch_size,
-                                         config.seed, group=config.length_grouping)
+    train_sampler = LengthGroupedBatches([len(t) for t in train_set.tokens], data.micro_batch_size,
+                                         loop.seed, group=data.length_grouping)
     train_loader = DataLoader(train_set, batch_sampler=train_sampler, collate_fn=batch_collate)
     val_loader = DataLoader(val_set, batch_sampler=LengthGroupedBatches(
-        [len(t) for t in val_set.tokens], config.eval_batch_size, config.seed, shuffle=False), collate_fn=batch_collate)
+        [len(t) for t in val_set.tokens], data.eval_batch_size, loop.seed, shuffle=False), collate_fn=batch_collate)
 
-    head_lr = config.head_learning_rate or config.learning_rate
-    groups = [{"params": [p for p in coder.encoder.parameters() if p.requires_grad], "lr": config.learning_rate},
+    head_lr = optim.head_learning_rate or optim.learning_rate
+    groups = [{"params": [p for p in coder.encoder.parameters() if p.requires_grad], "lr": optim.learning_rate},
               {"params": list(coder.head.parameters()), "lr": head_lr}]
-    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=optim.learning_rate, weight_decay=optim.weight_decay)
     model, optimizer, train_loader, val_loader = accelerator.prepare(coder, optimizer, train_loader, val_loader)
 
     # The scheduler counts optimizer steps over all processes and is stepped by hand, once per
     # real (synchronised) optimizer step, so warm-up means the same thing on 1 or 8 GPUs.
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
-    total_steps = steps_per_epoch * config.epochs
-    warmup = min(config.warmup_steps, total_steps // 10)  # short runs: at most 10% warm-up
+    total_steps = steps_per_epoch * loop.epochs
+    warmup = min(optim.warmup_steps, total_steps // 10)  # short runs: at most 10% warm-up
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-    if config.trackers:
-        accelerator.init_trackers("clem-icd", config={k: v for k, v in config.to_dict().items()
-                                                      if isinstance(v, (int, float, str, bool))})
+    if loop.trackers:
+        accelerator.init_trackers("clem-icd", config={f"{section}.{k}": v for section, values in config.to_dict().items()
+                                                      for k, v in values.items() if isinstance(v, (int, float, str, bool))})
 
     log_path = output_dir / "metrics.jsonl"
     if main:
@@ -134,18 +115,18 @@ def train_coder(config: TrainConfig, dataset: PreparedDataset, output_dir: Path)
     val_targets = val_set.targets()
     best_map, best_epoch, best_scores, stale, step = -1.0, -1, None, 0, 0
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    for epoch in range(config.epochs):
+    for epoch in range(loop.epochs):
         train_sampler.set_epoch(epoch)
         model.train()
         started, loss_sum, loss_count = time.perf_counter(), 0.0, 0
-        with progress_bar(f"epoch {epoch + 1}/{config.epochs}", len(train_loader)) as update:
+        with progress_bar(f"epoch {epoch + 1}/{loop.epochs}", len(train_loader)) as update:
             for i, batch in enumerate(train_loader):
                 with accelerator.accumulate(model):
                     logits = model(batch["input_ids"], batch["attention_mask"])
                     loss = loss_fn(logits.float(), batch["labels"])
                     accelerator.backward(loss)
-                    if accelerator.sync_gradients and config.max_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    if accelerator.sync_gradients and optim.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
                     optimizer.step()  # the prepared optimizer skips steps while accumulating
                     if accelerator.sync_gradients:
                         scheduler.step()
@@ -161,7 +142,7 @@ def train_coder(config: TrainConfig, dataset: PreparedDataset, output_dir: Path)
         record = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(loss_count, 1),
                   "train_seconds": round(train_seconds, 2), "val@0.5": val,
                   "learning_rate": scheduler.get_last_lr()[0]}
-        if config.trackers:
+        if loop.trackers:
             accelerator.log({"train_loss": record["train_loss"], **{f"val/{k}": v for k, v in val.items()}}, step=step)
         improved = val["map"] > best_map
         if improved:
@@ -174,7 +155,7 @@ def train_coder(config: TrainConfig, dataset: PreparedDataset, output_dir: Path)
         if main:
             with open(log_path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
-        if stale >= config.early_stopping_patience:
+        if stale >= loop.early_stopping_patience:
             break
 
     accelerator.wait_for_everyone()

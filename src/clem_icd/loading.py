@@ -1,6 +1,9 @@
 """Load a model folder of any kind CLEM-ICD trains (the neural coder or the TF-IDF baseline).
 
-Both expose `codes`, `threshold`, `descriptions`-like metadata and `predict_proba(texts)`."""
+Both expose `codes`, `threshold`, `predict_proba(texts)` (probabilities in `codes` order) and
+`predict(texts, threshold=None, top_k=None)` (per text [{code, system, description, probability}],
+best first) and `note_predictor(options)` (the streaming interface of clem_icd.inference.run).
+This module sits above both model kinds: it is the one place that knows them all."""
 
 from __future__ import annotations
 

@@ -31,29 +31,29 @@ def evaluate_evidence(
     and, for CodiEsp-X, the track's official span matching (10-character tolerance)."""
     from clem_icd.atomic import write_json_atomic
     from clem_icd.errors import ClemError
-    from clem_icd.evaluation import evidence
+    from clem_icd.evaluation import evidence_metrics
     from clem_icd.inference.inputs import read_notes
 
     if layout == "auto":
         layout = "codiesp-x" if gold.is_file() and gold.suffix.lower() == ".tsv" else "mdace"
     if layout == "codiesp-x":
-        gold_spans, gold_whole = evidence.read_codiesp_x(gold)
+        gold_spans, gold_whole = evidence_metrics.read_codiesp_x(gold)
     elif layout == "mdace":
-        gold_spans = gold_whole = evidence.read_mdace(gold)
+        gold_spans = gold_whole = evidence_metrics.read_mdace(gold)
     else:
         raise ClemError(f"--layout must be codiesp-x, mdace or auto, got '{layout}'")
     if not predictions.is_file():
         raise ClemError(f"{predictions}: not found")
     if predictions.suffix.lower() == ".tsv":
-        predicted, _ = evidence.read_codiesp_x(predictions)
+        predicted, _ = evidence_metrics.read_codiesp_x(predictions)
     else:
-        predicted = evidence.read_prediction_jsonl(predictions)
+        predicted = evidence_metrics.read_prediction_jsonl(predictions)
     wanted = {note for note, _ in gold_spans}
     notes = {r.id: r.text for r in read_notes(texts, id_field=id_field, text_field=text_field)
              if r.error is None and r.id in wanted}
-    metrics = {"layout": layout, "tokens": evidence.token_metrics(gold_spans, predicted, notes)}
+    metrics = {"layout": layout, "tokens": evidence_metrics.token_metrics(gold_spans, predicted, notes)}
     if layout == "codiesp-x":
-        metrics["codiesp_x"] = evidence.codiesp_x_metrics(gold_whole, predicted)
+        metrics["codiesp_x"] = evidence_metrics.codiesp_x_metrics(gold_whole, predicted)
     if out is not None:
         write_json_atomic(metrics, out)
 

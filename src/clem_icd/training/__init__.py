@@ -1,0 +1,1 @@
+"""Training: the recipe format, tokenised training data, the Accelerate loop."""

@@ -163,3 +163,18 @@ def _record(note_id: str, text: str):
     from clem_icd.inference.inputs import NoteRecord
 
     return NoteRecord(id=note_id, text=text, error=None)
+
+
+def test_evaluate_cli_fits_the_baseline_with_the_recipe_given(icd9_dir, tmp_path, run):
+    fit_tfidf_baseline(PreparedDataset.load(icd9_dir), None, tmp_path / "model", n_jobs=1)
+    recipe = tmp_path / "tfidf.yaml"
+    recipe.write_text("model:\n  kind: tfidf\n  C: 3.0\n  min_df: 1\n")
+    out = tmp_path / "eval"
+    code, _, err = run("evaluate", "--model", tmp_path / "model", "--data", icd9_dir, "--split", "test",
+                       "--out", out, "--baseline-recipe", recipe)
+    assert code in (0, None), err
+    config = TfidfCoder.from_pretrained(out / "baseline_tfidf").config
+    assert (config["C"], config["min_df"]) == (3.0, 1)
+    code, _, err = run("evaluate", "--model", tmp_path / "model", "--data", icd9_dir, "--split", "test",
+                       "--out", out, "--baseline-recipe", "codiesp/minilm_cross_desc")
+    assert code == 2 and "model.kind is clem_icd, not tfidf" in err and len(err.strip().splitlines()) == 1

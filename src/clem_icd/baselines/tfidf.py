@@ -115,36 +115,34 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def _per_code(codes: list[str], values, what: str) -> list[str]:
+    """One string per code, in `codes` order, from a mapping (missing: "") or a list."""
+    if isinstance(values, Mapping):
+        return [str(values.get(code) or "") for code in codes]
+    values = [str(v or "") for v in values]
+    if len(values) != len(codes):
+        raise ClemError(f"{len(values)} {what} for {len(codes)} codes")
+    return values
+
+
 def _descriptions_list(codes: list[str], descriptions) -> list[str] | None:
-    if descriptions is None:
-        return None
-    if isinstance(descriptions, Mapping):
-        return [str(descriptions.get(code) or "") for code in codes]
-    descriptions = [str(d or "") for d in descriptions]
-    if len(descriptions) != len(codes):
-        raise ClemError(f"{len(descriptions)} descriptions for {len(codes)} codes")
-    return descriptions
+    return None if descriptions is None else _per_code(codes, descriptions, "descriptions")
 
 
 def _systems_list(codes: list[str], systems) -> list[str]:
     """Per code its system (icd10cm, icd10pcs, icd9cm, icd9pcs). Not given: guessed from the
     spelling as ICD-10 (CM or PCS), which is wrong for ICD-9 codes; "" where no guess fits."""
-    if systems is None:
-        from clem_icd.codes.systems import guess_icd10_system
+    if systems is not None:
+        return _per_code(codes, systems, "code systems")
+    from clem_icd.codes.systems import guess_icd10_system
 
-        guessed = []
-        for code in codes:
-            try:
-                guessed.append(str(guess_icd10_system(code)))
-            except ValueError:
-                guessed.append("")
-        return guessed
-    if isinstance(systems, Mapping):
-        return [str(systems.get(code) or "") for code in codes]
-    systems = [str(s or "") for s in systems]
-    if len(systems) != len(codes):
-        raise ClemError(f"{len(systems)} code systems for {len(codes)} codes")
-    return systems
+    guessed = []
+    for code in codes:
+        try:
+            guessed.append(str(guess_icd10_system(code)))
+        except ValueError:
+            guessed.append("")
+    return guessed
 
 
 def _positive_rows(labels: Sequence[Sequence[str]], codes: list[str]) -> list[list[int]]:

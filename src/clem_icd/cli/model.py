@@ -67,12 +67,20 @@ def evaluate(
     baseline: str = typer.Option("auto", "--baseline", help="TF-IDF baseline beside the model: 'auto' "
                                  "(train one on the train split, cached in OUT/baseline_tfidf), a model "
                                  "folder, or 'none'."),
+    baseline_recipe: str = typer.Option("mimic/tfidf", "--baseline-recipe", help="For --baseline auto: "
+                                        "the TF-IDF recipe (model.kind tfidf) whose hyperparameters the "
+                                        "baseline is fitted with; a shipped name or a YAML file."),
 ) -> None:
     """Evaluate with the protocol of Edin et al. 2023: only codes present in the split, documents
     without positives left out, metrics at the val-tuned threshold and at 0.5."""
+    from clem_icd.errors import ClemError
     from clem_icd.evaluation.evaluate import evaluate as run_evaluation
+    from clem_icd.training.recipe import load_recipe
 
-    run_evaluation(model, data, split, out, baseline=baseline, console=Console())
+    recipe = load_recipe(baseline_recipe)
+    if recipe.kind != "tfidf":
+        raise ClemError(f"--baseline-recipe {baseline_recipe}: model.kind is {recipe.kind}, not tfidf")
+    run_evaluation(model, data, split, out, baseline=baseline, baseline_options=recipe.model, console=Console())
     console.print(f"[green]wrote[/] {out}/metrics.json")
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from clem_icd.batching import pad_batch
 from clem_icd.choice import choose_codes
 from clem_icd.errors import ClemError
 from clem_icd.inference.attribution import EXPLAIN_METHODS, token_attributions
@@ -208,8 +209,6 @@ class NotePredictor:
              explain: bool = True) -> tuple[np.ndarray, list[dict[int, np.ndarray]]]:
         """Logits of a batch of windows and, when explaining, per window {code: scores of its
         content tokens}. `codes` None: explain the codes each window's own scores choose."""
-        from clem_icd.batching import pad_batch
-
         coder = self.coder
         sequences = [self.prefix + notes[w.note].ids[w.start:w.end] + self.suffix for w in batch]
         input_ids, mask = pad_batch(sequences, coder.tokenizer.pad_token_id or 0)

@@ -129,5 +129,5 @@ def test_one_definition_of_each_model_option():
     from clem_icd.training import trainer
 
     source = inspect.getsource(trainer.train_coder)
-    assert "config.model.settings()" in source
+    assert "recipe.model.settings()" in source
     assert not any(f"model.{name}" in source for name in settings)

@@ -33,7 +33,7 @@ from clem_icd.data.io import decode_utf8, require_columns
 from clem_icd.data.split import SPLIT_METHOD, stratified_split
 from clem_icd.errors import ClemError, where
 
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+INPUT_FORMAT_BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 CODE_SYSTEMS = ("auto", *(system.value for system in CodeSystem))
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 WRITE_BATCH = 10_000
@@ -70,9 +70,9 @@ def read_rows(path: Path, columns: Columns) -> tuple[list[tuple[int, tuple]], st
     path = Path(path)
     if not path.is_file():
         raise ClemError(f"{path}: file not found")
-    kind = FORMATS.get(path.suffix.lower())
+    kind = INPUT_FORMAT_BY_SUFFIX.get(path.suffix.lower())
     if kind is None:
-        raise ClemError(f"{path}: unsupported file type (use {', '.join(FORMATS)})")
+        raise ClemError(f"{path}: unsupported file type (use {', '.join(INPUT_FORMAT_BY_SUFFIX)})")
     if kind == "jsonl":
         records = _read_jsonl(path)
         present = list(dict.fromkeys(key for _, record in records for key in record))
@@ -257,7 +257,7 @@ def prepare_custom(path: Path, out: Path, *, columns: Columns | None = None, cod
             manifest={
                 "source": "custom",
                 "options": {
-                    "format": FORMATS[path.suffix.lower()],
+                    "format": INPUT_FORMAT_BY_SUFFIX[path.suffix.lower()],
                     "columns": {"id": columns.id, "text": columns.text, "codes": columns.codes,
                                 "split": split_column},
                     "code_separator": code_separator,

@@ -29,7 +29,7 @@ from clem_icd.training.data import CodedNotes, LengthGroupedBatches, collate
 from clem_icd.training.recipe import Recipe
 
 
-def train(config: Recipe, data_dir: Path, output_dir: Path) -> dict:
+def train(recipe: Recipe, data_dir: Path, output_dir: Path) -> dict:
     """Train and save the best model to `output_dir`; returns its final metrics."""
     dataset = PreparedDataset.load(data_dir)
     output_dir = Path(output_dir)
@@ -38,20 +38,20 @@ def train(config: Recipe, data_dir: Path, output_dir: Path) -> dict:
         raise ClemError(f"{data_dir}: no documents in the train split")
     if val_docs.is_empty():
         raise ClemError(f"{data_dir}: no documents in the val split (needed for early stopping and the threshold)")
-    if config.kind == "tfidf":
-        return train_tfidf(config, dataset, output_dir)
-    return train_coder(config, dataset, output_dir)
+    if recipe.kind == "tfidf":
+        return train_tfidf(recipe, dataset, output_dir)
+    return train_coder(recipe, dataset, output_dir)
 
 
-def train_tfidf(config: Recipe, dataset: PreparedDataset, output_dir: Path) -> dict:
+def train_tfidf(recipe: Recipe, dataset: PreparedDataset, output_dir: Path) -> dict:
     from clem_icd.baselines.fit import fit_tfidf_baseline
 
     # The one fit-tune-save path of the baseline (also used by `clem-icd evaluate`).
-    _, metrics = fit_tfidf_baseline(dataset, config.model, output_dir)
+    _, metrics = fit_tfidf_baseline(dataset, recipe.model, output_dir)
     return metrics
 
 
-def train_coder(config: Recipe, dataset: PreparedDataset, output_dir: Path) -> dict:
+def train_coder(recipe: Recipe, dataset: PreparedDataset, output_dir: Path) -> dict:
     from accelerate import Accelerator, PartialState
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
@@ -59,7 +59,7 @@ def train_coder(config: Recipe, dataset: PreparedDataset, output_dir: Path) -> d
 
     from clem_icd.model import ICDCoder, ICDCoderConfig
 
-    data, optim, loop = config.data, config.optim, config.train
+    data, optim, loop = recipe.data, recipe.optim, recipe.train
     processes = PartialState().num_processes  # the state Accelerator will share
     per_step = data.micro_batch_size * processes
     if data.batch_size % per_step:
@@ -73,7 +73,7 @@ def train_coder(config: Recipe, dataset: PreparedDataset, output_dir: Path) -> d
     codes = dataset.code_list
     # The recipe's model section as is, plus what the data decides.
     coder = ICDCoder.from_config(ICDCoderConfig(
-        **config.model.settings(), codes=codes,
+        **recipe.model.settings(), codes=codes,
         text_cleaning="edin2023" if dataset.manifest.get("options", {}).get("clean_text") else "none",
         code_systems=dataset.codes["system"].to_list(), descriptions=dataset.codes["description"].to_list()))
     if loop.gradient_checkpointing:
@@ -104,14 +104,14 @@ def train_coder(config: Recipe, dataset: PreparedDataset, output_dir: Path) -> d
     warmup = min(optim.warmup_steps, total_steps // 10)  # short runs: at most 10% warm-up
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
     if loop.trackers:
-        accelerator.init_trackers("clem-icd", config={f"{section}.{k}": v for section, values in config.to_dict().items()
+        accelerator.init_trackers("clem-icd", config={f"{section}.{k}": v for section, values in recipe.to_dict().items()
                                                       for k, v in values.items() if isinstance(v, (int, float, str, bool))})
 
     log_path = output_dir / "metrics.jsonl"
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
         log_path.write_text("")
-        write_json_atomic(config.to_dict(), output_dir / "train_config.json")
+        write_json_atomic(recipe.to_dict(), output_dir / "train_config.json")
     val_targets = val_set.targets()
     best_map, best_epoch, best_scores, stale, step = -1.0, -1, None, 0, 0
     loss_fn = torch.nn.BCEWithLogitsLoss()

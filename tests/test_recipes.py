@@ -91,8 +91,9 @@ def test_every_shipped_recipe_is_valid_and_the_families_have_a_recommended_defau
     for name, path in shipped.items():
         recipe = load_recipe(name)  # raises on an unknown key or a bad value
         assert load_recipe(path) == recipe  # by name or by path, the same recipe
+        assert path.read_text().startswith("# "), f"{name}: no one-line summary for `clem-icd recipes`"
     recommended = sorted(name for name, path in shipped.items()
-                         if path.read_text().startswith("# Recommended default for"))
+                         if "the recommended default" in path.read_text().splitlines()[0])
     assert recommended == ["codiesp/minilm_cross_desc", "mimic/clem_modernbert_base"]
 
 

@@ -39,7 +39,7 @@ def recipes(
     name: str = typer.Argument(None, help="Print this recipe as it is resolved (inherit applied, "
                                "defaults filled in) instead of listing them."),
 ) -> None:
-    """The training recipes shipped with CLEM-ICD: name and what it is (its first comment line)."""
+    """The training recipes shipped with CLEM-ICD: name and what it is (its first line)."""
     import yaml
 
     from clem_icd.training.recipe import load_recipe, packaged_recipes
@@ -49,12 +49,8 @@ def recipes(
         return
     table = Table("recipe", "what it is")
     for recipe, path in packaged_recipes().items():
-        comment = []
-        for line in path.read_text().splitlines():
-            if not line.startswith("#"):
-                break
-            comment.append(line.lstrip("# ").strip())
-        table.add_row(recipe, " ".join(comment).split(". ")[0].split(": ")[0])
+        first = path.read_text().splitlines()[0]  # every shipped recipe opens with a one-line summary
+        table.add_row(recipe, first.lstrip("# ").strip())
     Console().print(table)
 
 

@@ -98,8 +98,8 @@ def shared_title(titles: list[str]) -> str:
     The words common to all titles, in order (a longest common subsequence of words, folded over
     the titles in code order); "..." stands where the titles differ. The phrase ends before the
     first comma that is followed by a difference (that is where PCS titles list approach, device
-    and qualifier), and not on "...", a comma or a word that needs an object ("to", "using"). E.g. 0BH1 (Insertion into Trachea): "Insertion of ... into Trachea";
-    0T9B: "Drainage of Bladder"; BW25: "Computerized Tomography (CT Scan) of Chest, Abdomen and
+    and qualifier), and not on "...", a comma or a word that needs an object ("to", "using").
+    E.g. 0BH1 (Insertion into Trachea): "Insertion of ... into Trachea"; 0T9B: "Drainage of Bladder"; BW25: "Computerized Tomography (CT Scan) of Chest, Abdomen and
     Pelvis"; 0VB0: "Excision of Prostate". PCS titles are not built per character, so this is a
     readable hint, not a definition. Empty when the titles share nothing."""
     if not titles:

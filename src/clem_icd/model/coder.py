@@ -2,14 +2,17 @@
 
 The note is tokenised once and truncated at `max_length`. The encoder sees the token sequence
 in chunks of `chunk_size` (PLM-ICD: 128 for RoBERTa; CLEM-ICD's default for ModernBERT is one
-chunk of 8,192), chunks that hold only padding are skipped, and the chunk states are
-concatenated back into one sequence for the head.
+chunk of 8,192), and the chunk states are put back into one sequence for the head.
+
+No padding work: a batch is as wide as its longest note (never `max_length`); of a chunked note
+only its last chunk is padded (full chunks and last chunks are encoded apart); ModernBERT
+encoders run through clem_icd.longcontext (exact local attention, packed notes on GPU) unless
+the config asks for the stock forward.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ import torch
 from torch import nn
 
 from clem_icd.errors import ClemError
+from clem_icd.longcontext import is_modernbert, modernbert_forward
 from clem_icd.model.config import ICDCoderConfig
 from clem_icd.model.heads import HEADS
 
@@ -68,6 +72,9 @@ class ICDCoder(nn.Module):
         if positions is not None and config.chunk_size > positions:
             raise ClemError(f"chunk_size {config.chunk_size} exceeds the {positions} positions of "
                             f"encoder '{config.encoder}': use chunk_size <= {positions}")
+        if config.attention in ("blockwise", "packed") and not is_modernbert(encoder):
+            raise ClemError(f"attention '{config.attention}' needs a ModernBERT encoder; "
+                            f"'{config.encoder}' is {encoder.config.model_type} (use auto or stock)")
         self.head = HEADS[config.head](encoder.config.hidden_size, len(config.codes), config.attention_dim)
 
     # ------------------------------------------------------------------ construction
@@ -109,7 +116,7 @@ class ICDCoder(nn.Module):
             batch = self.tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
                                    max_length=min(64, self.config.chunk_size), return_tensors="pt")
             batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-            states = self.encoder(**batch).last_hidden_state
+            states = self.encode_sequences(batch["input_ids"], batch["attention_mask"])
             mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
             pooled.append((states * mask).sum(1) / mask.sum(1).clamp_min(1))
         self.head.init_from_label_embeddings(torch.cat(pooled).float())
@@ -129,29 +136,46 @@ class ICDCoder(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
+    def encode_sequences(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The encoder's token states (batch, tokens, hidden) of sequences it can read whole."""
+        if self.config.attention != "stock" and is_modernbert(self.encoder):
+            return modernbert_forward(self.encoder, input_ids, attention_mask, self.config.attention).last_hidden_state
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Token states (batch, tokens', hidden) of the chunked encoder; tokens' is tokens
-        rounded up to a multiple of chunk_size, the extra positions are padding."""
+        """Token states (batch, tokens, hidden) of right-padded notes, read in chunks of
+        chunk_size; padded positions hold zeros (or whatever the encoder gives padding)."""
         batch, length = input_ids.shape
         size = self.config.chunk_size
-        chunks = math.ceil(length / size)
-        pad = chunks * size - length
-        if pad:
-            input_ids = nn.functional.pad(input_ids, (0, pad), value=self.tokenizer.pad_token_id or 0)
-            attention_mask = nn.functional.pad(attention_mask, (0, pad), value=0)
-        ids = input_ids.reshape(batch * chunks, size)
-        mask = attention_mask.reshape(batch * chunks, size)
-        used = mask.any(dim=1).nonzero().squeeze(1)  # chunks of pure padding are never encoded
-        states = self.encoder(input_ids=ids[used], attention_mask=mask[used]).last_hidden_state
-        hidden = states.new_zeros(batch * chunks, size, states.shape[-1]).index_copy(0, used, states)
-        return hidden.reshape(batch, chunks * size, -1)
+        if length <= size:
+            return self.encode_sequences(input_ids, attention_mask)
+        # Chunks as (row, start, length). Full chunks need no padding; the last chunk of each
+        # note is padded only to the longest last chunk: two encoder calls, no wasted chunk.
+        full, last = [], []
+        for row, tokens in enumerate(attention_mask.sum(dim=1).tolist()):
+            for start in range(0, tokens, size):
+                (full if tokens - start >= size else last).append((row, start, min(size, tokens - start)))
+        ids = nn.functional.pad(input_ids, (0, size), value=self.tokenizer.pad_token_id or 0)
+        device = input_ids.device
+        positions, states = [], []
+        for chunks in (full, last):
+            if not chunks:
+                continue
+            width = max(n for _, _, n in chunks)
+            rows = torch.tensor([r for r, _, _ in chunks], device=device)[:, None]
+            columns = torch.tensor([s for _, s, _ in chunks], device=device)[:, None] + torch.arange(width, device=device)
+            mask = torch.arange(width, device=device)[None, :] < torch.tensor([n for _, _, n in chunks], device=device)[:, None]
+            chunk_states = self.encode_sequences(ids[rows, columns], mask.long())
+            positions.append((rows * length + columns)[mask])
+            states.append(chunk_states[mask])
+        states = torch.cat(states)
+        hidden = states.new_zeros(batch * length, states.shape[-1]).index_copy(0, torch.cat(positions), states)
+        return hidden.view(batch, length, -1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 return_attention: bool = False):
         hidden = self.encode(input_ids, attention_mask)
         mask = attention_mask.bool()
-        if hidden.shape[1] != mask.shape[1]:
-            mask = nn.functional.pad(mask, (0, hidden.shape[1] - mask.shape[1]), value=False)
         logits, attention = self.head(hidden, mask)
         return (logits, attention) if return_attention else logits
 

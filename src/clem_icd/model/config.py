@@ -20,6 +20,10 @@ MODEL_TYPE = "clem_icd"
 TEXT_CLEANINGS = ("none", "edin2023")
 HEAD_KINDS = ("laat", "cross")
 LABEL_QUERY_INITS = ("random", "description")
+# auto: the fastest exact path for the encoder, device and dtype (clem_icd.longcontext for
+# ModernBERT: packed notes and varlen flash attention on CUDA in bf16/fp16, blockwise local
+# attention elsewhere); stock: the encoder's own forward as transformers implements it.
+ATTENTION_PATHS = ("auto", "stock", "blockwise", "packed")
 
 
 @dataclass
@@ -34,7 +38,8 @@ class CoderSettings:
     chunk_size: int = 8192  # encoder window; == max_length means no chunking
     attention_dim: int = 512
     label_query_init: str = "random"  # random | description
-    attn_implementation: str | None = None  # None: transformers' default for the device
+    attn_implementation: str | None = None  # None: transformers' default for the device (stock path)
+    attention: str = "auto"  # auto | stock | blockwise | packed (ModernBERT only), see ATTENTION_PATHS
 
     def __post_init__(self) -> None:
         if self.head not in HEAD_KINDS:
@@ -42,6 +47,8 @@ class CoderSettings:
         if self.label_query_init not in LABEL_QUERY_INITS:
             raise ClemError(f"label_query_init must be one of {', '.join(LABEL_QUERY_INITS)}, "
                             f"got '{self.label_query_init}'")
+        if self.attention not in ATTENTION_PATHS:
+            raise ClemError(f"attention must be one of {', '.join(ATTENTION_PATHS)}, got '{self.attention}'")
         if self.chunk_size < 1 or self.max_length < 1 or self.attention_dim < 1:
             raise ClemError("max_length, chunk_size and attention_dim must be positive")
         if self.chunk_size > self.max_length:

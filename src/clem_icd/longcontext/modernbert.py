@@ -1,0 +1,177 @@
+"""ModernBERT's forward pass with exact, cheap attention, on the stock model's own weights.
+
+transformers' ModernBERT without flash-attn builds a dense (batch, 1, tokens, tokens)
+sliding-window mask and runs full quadratic attention in every layer, although two of every
+three layers only look 64 tokens either way. This forward runs the same layers (the stock
+modules: embeddings, norms, Wqkv, Wo, MLP, rotary tables) and replaces only the attention:
+
+- `blockwise`: the batch padded to its longest note, rounded up to the block size; local
+  layers blockwise (kernels.blockwise_local_attention), global layers SDPA with a key mask.
+- `packed`: padding removed once; the notes of a batch run as one packed sequence with
+  per-note positions and cu_seqlens; local and global layers through packed_attention (CUDA
+  fp16/bf16: PyTorch's varlen flash attention, window (64, 64) on local layers); states are put
+  back into the padded layout at the end.
+
+Both equal the stock model on every real token (tests/test_longcontext.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from clem_icd.longcontext.attention import (
+    BLOCK,
+    PADDING_SEGMENT,
+    blockwise_local_attention,
+    global_attention,
+    packed_attention,
+)
+
+MODES = ("auto", "blockwise", "packed")
+
+
+def is_modernbert(model: nn.Module) -> bool:
+    """A transformers ModernBertModel laid out as this forward expects (transformers >= 5:
+    per-layer-type rotary tables, `layer_types`, `attention_type` on each layer)."""
+    config = getattr(model, "config", None)
+    return (getattr(config, "model_type", None) == "modernbert" and hasattr(model, "rotary_emb")
+            and hasattr(config, "layer_types") and all(hasattr(layer, "attention_type") for layer in model.layers))
+
+
+def choose_mode(model: nn.Module, requested: str = "auto") -> str:
+    """`auto`: packed where the varlen flash kernel runs (CUDA with fp16/bf16 weights or
+    autocast), blockwise elsewhere (CPU; fp32 on any device)."""
+    if requested != "auto":
+        return requested
+    weight = model.embeddings.tok_embeddings.weight
+    if weight.is_cuda:
+        half = weight.dtype in (torch.float16, torch.bfloat16)
+        autocast = torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") in (torch.float16,
+                                                                                              torch.bfloat16)
+        if half or autocast:
+            return "packed"
+    return "blockwise"
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on (..., tokens, heads, dim) with cos/sin (..., tokens, dim), in float32 and cast
+    back, as the stock model does (so results match it bit for bit in fp32)."""
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+    return ((x.float() * cos) + (_rotate_half(x.float()) * sin)).to(x.dtype)
+
+
+class _Attention:
+    """What one forward needs to run attention in its layout."""
+
+    def __init__(self, mode: str, window: int, *, segments=None, key_valid=None, cu_seqlens=None, max_seqlen=0):
+        self.mode, self.window = mode, window
+        self.segments, self.key_valid = segments, key_valid
+        self.cu_seqlens, self.max_seqlen = cu_seqlens, max_seqlen
+
+    def __call__(self, q, k, v, local: bool, scale: float, dropout: float) -> torch.Tensor:
+        if self.mode == "packed":  # (1, total, heads, dim)
+            out = packed_attention(q[0], k[0], v[0], self.cu_seqlens, self.max_seqlen,
+                                   self.window if local else None, scale)
+            return out[None]
+        if local:
+            return blockwise_local_attention(q, k, v, self.segments, self.window, BLOCK, scale, dropout)
+        return global_attention(q, k, v, self.key_valid, scale, dropout)
+
+
+def _layer_forward(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   attend: _Attention) -> torch.Tensor:
+    attn = layer.attn
+    batch, tokens, _ = hidden.shape
+    heads = attn.config.num_attention_heads
+    qkv = attn.Wqkv(layer.attn_norm(hidden)).view(batch, tokens, 3, heads, attn.head_dim)
+    q, k, v = qkv.unbind(dim=2)  # (batch, tokens, heads, dim)
+    q, k = _rotary(q, cos, sin), _rotary(k, cos, sin)
+    dropout = attn.attention_dropout if attn.training else 0.0
+    local = attn.sliding_window is not None
+    out = attend(q, k, v, local, attn.head_dim ** -0.5, dropout)
+    hidden = hidden + attn.out_drop(attn.Wo(out.reshape(batch, tokens, -1)))
+    return hidden + layer.mlp(layer.mlp_norm(hidden))
+
+
+def _run_layers(model: nn.Module, hidden: torch.Tensor, position_ids: torch.Tensor, attend: _Attention) -> torch.Tensor:
+    rotary = {kind: model.rotary_emb(hidden, position_ids, kind) for kind in set(model.config.layer_types)}
+    for layer in model.layers:
+        cos, sin = rotary[layer.attention_type]
+        if getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled():
+            # The layer's activations are recomputed in backward, as the stock layer does when
+            # gradient_checkpointing_enable() was called on the model.
+            hidden = checkpoint(_layer_forward, layer, hidden, cos, sin, attend, use_reentrant=False)
+        else:
+            hidden = _layer_forward(layer, hidden, cos, sin, attend)
+    return model.final_norm(hidden)
+
+
+def modernbert_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                       mode: str = "auto"):
+    """The stock `ModernBertModel.forward(input_ids, attention_mask).last_hidden_state` on
+    every real token, computed without padding work. Right-padded inputs (real tokens first,
+    as tokenizers and clem_icd.batching produce them)."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    batch, tokens = input_ids.shape
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    valid = attention_mask.bool()
+    window = model.config.sliding_window  # half-window: |i - j| <= window
+    if choose_mode(model, mode) == "packed":
+        return BaseModelOutput(last_hidden_state=_packed_forward(model, input_ids, valid, window))
+
+    padded = -(-tokens // BLOCK) * BLOCK
+    if padded != tokens:
+        input_ids = nn.functional.pad(input_ids, (0, padded - tokens), value=model.config.pad_token_id or 0)
+        valid = nn.functional.pad(valid, (0, padded - tokens), value=False)
+    segments = torch.where(valid, 0, PADDING_SEGMENT)
+    attend = _Attention("blockwise", window, segments=segments, key_valid=None if bool(valid.all()) else valid)
+    hidden = model.embeddings(input_ids=input_ids)
+    position_ids = torch.arange(padded, device=input_ids.device)[None]
+    return BaseModelOutput(last_hidden_state=_run_layers(model, hidden, position_ids, attend)[:, :tokens])
+
+
+def _packed_forward(model: nn.Module, input_ids: torch.Tensor, valid: torch.Tensor, window: int) -> torch.Tensor:
+    batch, tokens = input_ids.shape
+    lengths = valid.sum(dim=1)
+    where = valid.flatten().nonzero().squeeze(1)  # positions of real tokens in the padded layout
+    cu_seqlens = nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+    positions = (valid.long().cumsum(dim=1) - 1).flatten()[where]  # each note counts from 0
+    attend = _Attention("packed", window, cu_seqlens=cu_seqlens, max_seqlen=int(lengths.max()))
+    hidden = model.embeddings(input_ids=input_ids.flatten()[where][None])  # (1, total, hidden)
+    hidden = _run_layers(model, hidden, positions[None], attend)[0]
+    out = hidden.new_zeros(batch * tokens, hidden.shape[-1]).index_copy(0, where, hidden)
+    return out.view(batch, tokens, -1)
+
+
+class AcceleratedModernBert(nn.Module):
+    """A ModernBertModel behind the fast forward; `forward(input_ids, attention_mask)` returns
+    an output with `last_hidden_state`, like the model's own."""
+
+    def __init__(self, model: nn.Module, mode: str = "auto"):
+        super().__init__()
+        if not is_modernbert(model):
+            raise ValueError(f"accelerate_modernbert needs a ModernBertModel, got {type(model).__name__}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.model, self.mode = model, mode
+        self.config = model.config
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        return modernbert_forward(self.model, input_ids, attention_mask, self.mode)
+
+
+def accelerate_modernbert(model: nn.Module, mode: str = "auto") -> AcceleratedModernBert:
+    """The fast exact forward of a transformers `ModernBertModel` (its weights shared, not
+    copied): outputs equal the stock model's on every non-padded token."""
+    return AcceleratedModernBert(model, mode)

@@ -199,17 +199,25 @@ def test_coder_probabilities_match_the_stock_path(head):
     assert codes(fast_coder) == codes(stock_coder) and any(codes(stock_coder))
 
 
-def test_the_encoder_reads_a_batch_only_as_wide_as_its_longest_note(monkeypatch):
+def test_the_encoder_reads_a_batch_only_as_wide_as_its_longest_note():
+    """Not max_length (8,192): the embeddings see the batch's longest note, the layers that
+    width rounded up to the attention block."""
     fast_coder = coder()
-    widths = []
-    embeddings = fast_coder.encoder.embeddings
-    monkeypatch.setattr(embeddings, "forward", lambda input_ids=None, inputs_embeds=None, _f=embeddings.forward:
-                        widths.append(input_ids.shape[1]) or _f(input_ids=input_ids))
+    widths = {}
+
+    def record(name: str):
+        def hook(_module, _inputs, out) -> None:
+            widths[name] = out.shape[1]
+        return hook
+
+    for name in ("embeddings", "final_norm"):
+        getattr(fast_coder.encoder, name).register_forward_hook(record(name))
     ids, mask = pad_batch(fast_coder.tokenize(NOTES[:2]), 0)
     with torch.no_grad():
         fast_coder(ids, mask)
     longest = ids.shape[1]
-    assert longest < 1000 and widths == [-(-longest // BLOCK) * BLOCK]
+    assert longest % BLOCK and longest < 1000
+    assert widths == {"embeddings": longest, "final_norm": -(-longest // BLOCK) * BLOCK}
 
 
 def test_chunking_pads_only_the_last_chunk(monkeypatch):

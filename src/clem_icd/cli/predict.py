@@ -41,7 +41,13 @@ def predict(
                                       "the window (max_length minus the special tokens), so no token is "
                                       "skipped. Default: truncate (as in training) and mark the note "
                                       "'truncated'."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Notes per forward pass (sorted by length)."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Notes per forward pass (sorted by length); "
+                                   "ignored with --max-batch-tokens."),
+    max_batch_tokens: int = typer.Option(None, "--max-batch-tokens", help="Batch by a token budget instead of "
+                                         "--batch-size: as many notes (windows) per forward pass as fit, notes "
+                                         "x the longest one's tokens <= N; a longer note goes alone. Memory then "
+                                         "stays even when note lengths vary (e.g. 16384: two 8,192-token notes "
+                                         "or many short ones)."),
     evidence_threshold: float = typer.Option(None, "--evidence-threshold", help="A word is evidence when "
                                              "it holds at least this share of the code's attribution. Default: "
                                              "per method, tuned on CodiEsp-X (attention 0.03, attingrad 0.10, "
@@ -73,7 +79,8 @@ def predict(
     if not inputs and sys.stdin.isatty():
         raise ClemError("no input: give text files, folders, JSONL/CSV/Parquet files, or pipe notes to stdin")
     options = PredictOptions(threshold=threshold, top_k=top_k, explain=explain, window_stride=window_stride,
-                             batch_size=batch_size, evidence_threshold=evidence_threshold,
+                             batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                             evidence_threshold=evidence_threshold,
                              evidence_words=evidence_words, max_spans=max_spans, precision=precision)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -92,8 +99,9 @@ def predict(
                 else:
                     coded += 1
     except torch.OutOfMemoryError:
-        raise ClemError(f"out of {device} memory at --batch-size {batch_size}"
-                        f"{' with --explain ' + explain if explain else ''}: try a smaller --batch-size") from None
+        setting, value = ("--batch-size", batch_size) if max_batch_tokens is None else ("--max-batch-tokens", max_batch_tokens)
+        raise ClemError(f"out of {device} memory at {setting} {value}"
+                        f"{' with --explain ' + explain if explain else ''}: try a smaller {setting}") from None
     console.print(f"coded {coded} note(s)" + (f"; {failed} record(s) could not be coded" if failed else "")
                   + (f" -> {out}" if out else ""), markup=False, highlight=False)
     if failed:

@@ -12,7 +12,6 @@ the notes of the batch (notes do not interact, so each note receives its own gra
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -30,19 +29,19 @@ def _embedding_module(encoder: nn.Module) -> nn.Module:
     return module if isinstance(module, nn.Module) else encoder.get_input_embeddings()
 
 
-def _tokens_of_chunks(values: torch.Tensor, mask: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """(encoded chunks, chunk_size) values → (batch, tokens) in the layout of `mask`, undoing
-    the coder's chunking (all-padding chunks were never encoded and score zero)."""
+def _tokens_of_chunks(values: list[torch.Tensor], coder, mask: torch.Tensor) -> torch.Tensor:
+    """Per encoder call, (chunks, width) values → (batch, tokens) in the layout of `mask`,
+    undoing the coder's chunking (coder.chunks says which token each position was)."""
     batch, length = mask.shape
-    chunks = math.ceil(length / chunk_size)
-    padded = nn.functional.pad(mask, (0, chunks * chunk_size - length)).reshape(batch * chunks, chunk_size)
-    used = padded.any(dim=1).nonzero().squeeze(1)
-    if values.shape != (len(used), chunk_size):
-        # flash-attention encoders (e.g. ModernBERT) may drop padding before the embeddings.
-        raise ClemError(f"gradient explanations need the encoder's embeddings in padded form, got shape "
-                        f"{tuple(values.shape)}: load the model with attn_implementation 'sdpa' or 'eager'")
-    full = values.new_zeros(batch * chunks, chunk_size).index_copy(0, used, values)
-    return full.reshape(batch, chunks * chunk_size)[:, :length]
+    calls = coder.chunks(mask)
+    out = values[0].new_zeros(batch * length)
+    for call_values, (rows, columns, real) in zip(values, calls, strict=True):
+        if call_values.shape != real.shape:
+            # flash-attention encoders may drop padding before the embeddings.
+            raise ClemError(f"gradient explanations need the encoder's embeddings in padded form, got shape "
+                            f"{tuple(call_values.shape)}: load the model with attn_implementation 'sdpa' or 'eager'")
+        out[(rows * length + columns)[real]] = call_values[real]
+    return out.view(batch, length)
 
 
 def token_attributions(coder, input_ids: torch.Tensor, mask: torch.Tensor, method: str,
@@ -70,7 +69,9 @@ def token_attributions(coder, input_ids: torch.Tensor, mask: torch.Tensor, metho
             logits_t, attention = coder(input_ids, mask, return_attention=True)
     finally:
         handle.remove()
-    embeddings = captured[0]
+    if len(captured) != len(coder.chunks(mask)):
+        raise ClemError(f"gradient explanations: the encoder embedded {len(captured)} times for "
+                        f"{len(coder.chunks(mask))} chunk groups")
     logits = logits_t.detach().float().cpu().numpy()
     chosen = [choose(b, logits[b]) for b in range(len(logits))]
     results: list[dict[int, np.ndarray]] = [{} for _ in chosen]
@@ -78,9 +79,9 @@ def token_attributions(coder, input_ids: torch.Tensor, mask: torch.Tensor, metho
     for k in range(depth):
         rows = [b for b, codes in enumerate(chosen) if len(codes) > k]
         target = logits_t[rows, [chosen[b][k] for b in rows]].sum()
-        (gradient,) = torch.autograd.grad(target, embeddings, retain_graph=k < depth - 1)
-        per_token = (embeddings.detach().float() * gradient.float()).norm(dim=-1)
-        per_token = _tokens_of_chunks(per_token, mask, coder.config.chunk_size)
+        gradients = torch.autograd.grad(target, captured, retain_graph=k < depth - 1)
+        per_token = _tokens_of_chunks([(x.detach().float() * g.float()).norm(dim=-1)
+                                       for x, g in zip(captured, gradients)], coder, mask)
         for b in rows:
             code = chosen[b][k]
             scores = per_token[b]

@@ -2,7 +2,9 @@
 
 Notes are tokenised once (with character offsets), cut into windows (one per note unless
 long-note windowing is on), and windows are scored in length-sorted batches so that little
-padding is computed; results come back in input order.
+padding is computed; results come back in input order. A batch holds `batch_size` windows or,
+with `max_batch_tokens`, as many as fit a token budget (`token_budget_batches`, the rule that
+training batches by too).
 
 Long notes: by default a note is truncated at the model's `max_length` (as in training) and
 flagged `truncated`. With `window_stride`, a longer note is read as overlapping windows of
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from clem_icd.batching import pad_batch
+from clem_icd.batching import pad_batch, token_budget_batches
 from clem_icd.choice import choose_codes
 from clem_icd.errors import ClemError
 from clem_icd.inference.attribution import EXPLAIN_METHODS, token_attributions
@@ -47,7 +49,10 @@ class PredictOptions:
     top_k: int | None = None  # at most this many codes per note
     explain: str | None = None  # None | attention | attingrad | inputxgrad
     window_stride: int | None = None  # None: truncate long notes; else overlapping windows
-    batch_size: int = 8
+    batch_size: int = 8  # windows per forward pass; ignored when max_batch_tokens is set
+    # Token budget per forward pass: as many windows as fit, windows x the longest one's tokens
+    # (special tokens included) <= max_batch_tokens. None: batch_size windows per pass.
+    max_batch_tokens: int | None = None
     evidence_threshold: float | None = None  # a word's share of the attribution to be evidence; None: per method
     evidence_words: int = 10  # at most this many words per code (adjacent ones merge into spans)
     max_spans: int = 5  # evidence spans per code, best first
@@ -68,6 +73,8 @@ class PredictOptions:
             raise ClemError("--evidence-threshold must be in [0, 1)")
         if self.batch_size < 1 or self.evidence_words < 1 or self.max_spans < 1:
             raise ClemError("batch size, evidence words and spans must be at least 1")
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
+            raise ClemError(f"--max-batch-tokens must be at least 1 token, got {self.max_batch_tokens}")
 
 
 class NotePredictor:
@@ -179,8 +186,14 @@ class NotePredictor:
 
     def _batches(self, windows: list[Window], key=None) -> list[list[Window]]:
         ordered = sorted(windows, key=key or (lambda w: w.end - w.start))
+        if self.options.max_batch_tokens is not None:
+            return token_budget_batches(ordered, self._sequence_length, self.options.max_batch_tokens)
         size = self.options.batch_size
         return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+
+    def _sequence_length(self, window: Window) -> int:
+        """Tokens the model reads for a window: its content plus the special tokens around it."""
+        return len(self.prefix) + window.end - window.start + len(self.suffix)
 
     def _choose(self, row: np.ndarray) -> list[int]:
         return choose_codes(row, self.threshold, self.options.top_k)

@@ -130,13 +130,16 @@ def modernbert_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask
     if choose_mode(model, mode) == "packed":
         return BaseModelOutput(last_hidden_state=_packed_forward(model, input_ids, valid, window))
 
+    # The embeddings run on the input as given, so a hook on them (gradient explanations) sees
+    # the caller's (batch, tokens) layout; the block padding after them is zeros, which no real
+    # token ever attends to.
+    hidden = model.embeddings(input_ids=input_ids)
     padded = -(-tokens // BLOCK) * BLOCK
     if padded != tokens:
-        input_ids = nn.functional.pad(input_ids, (0, padded - tokens), value=model.config.pad_token_id or 0)
+        hidden = nn.functional.pad(hidden, (0, 0, 0, padded - tokens))
         valid = nn.functional.pad(valid, (0, padded - tokens), value=False)
     segments = torch.where(valid, 0, PADDING_SEGMENT)
     attend = _Attention("blockwise", window, segments=segments, key_valid=None if bool(valid.all()) else valid)
-    hidden = model.embeddings(input_ids=input_ids)
     position_ids = torch.arange(padded, device=input_ids.device)[None]
     return BaseModelOutput(last_hidden_state=_run_layers(model, hidden, position_ids, attend)[:, :tokens])
 
@@ -148,7 +151,8 @@ def _packed_forward(model: nn.Module, input_ids: torch.Tensor, valid: torch.Tens
     cu_seqlens = nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
     positions = (valid.long().cumsum(dim=1) - 1).flatten()[where]  # each note counts from 0
     attend = _Attention("packed", window, cu_seqlens=cu_seqlens, max_seqlen=int(lengths.max()))
-    hidden = model.embeddings(input_ids=input_ids.flatten()[where][None])  # (1, total, hidden)
+    # Embedded in the padded layout (see above), then packed: (1, total, hidden).
+    hidden = model.embeddings(input_ids=input_ids).flatten(0, 1)[where][None]
     hidden = _run_layers(model, hidden, positions[None], attend)[0]
     out = hidden.new_zeros(batch * tokens, hidden.shape[-1]).index_copy(0, where, hidden)
     return out.view(batch, tokens, -1)

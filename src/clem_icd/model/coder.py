@@ -142,32 +142,41 @@ class ICDCoder(nn.Module):
             return modernbert_forward(self.encoder, input_ids, attention_mask, self.config.attention).last_hidden_state
         return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Token states (batch, tokens, hidden) of right-padded notes, read in chunks of
-        chunk_size; padded positions hold zeros (or whatever the encoder gives padding)."""
-        batch, length = input_ids.shape
-        size = self.config.chunk_size
+    def chunks(self, attention_mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The encoder calls of `encode`, in order: per call (rows (n, 1), columns (n, width),
+        real (n, width)), the note row and token column of each position read. A batch no
+        longer than chunk_size is one call as it is; a chunked one is one call of full chunks
+        (no padding) and one of the notes' last chunks, padded only to the longest of those."""
+        batch, length = attention_mask.shape
+        size, device = self.config.chunk_size, attention_mask.device
         if length <= size:
-            return self.encode_sequences(input_ids, attention_mask)
-        # Chunks as (row, start, length). Full chunks need no padding; the last chunk of each
-        # note is padded only to the longest last chunk: two encoder calls, no wasted chunk.
-        full, last = [], []
+            return [(torch.arange(batch, device=device)[:, None], torch.arange(length, device=device)[None, :],
+                     attention_mask.bool())]
+        full, last = [], []  # (row, start, tokens)
         for row, tokens in enumerate(attention_mask.sum(dim=1).tolist()):
             for start in range(0, tokens, size):
                 (full if tokens - start >= size else last).append((row, start, min(size, tokens - start)))
-        ids = nn.functional.pad(input_ids, (0, size), value=self.tokenizer.pad_token_id or 0)
-        device = input_ids.device
+        calls = []
+        for group in (full, last):
+            if group:
+                rows, starts, counts = (torch.tensor(values, device=device)[:, None] for values in zip(*group))
+                width = torch.arange(int(counts.max()), device=device)[None, :]
+                calls.append((rows, starts + width, width < counts))
+        return calls
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token states (batch, tokens, hidden) of right-padded notes, read in chunks of
+        chunk_size (see `chunks`)."""
+        calls = self.chunks(attention_mask)
+        if len(calls) == 1 and calls[0][1].shape[1] == input_ids.shape[1]:
+            return self.encode_sequences(input_ids, attention_mask)
+        batch, length = input_ids.shape
+        ids = nn.functional.pad(input_ids, (0, self.config.chunk_size), value=self.tokenizer.pad_token_id or 0)
         positions, states = [], []
-        for chunks in (full, last):
-            if not chunks:
-                continue
-            width = max(n for _, _, n in chunks)
-            rows = torch.tensor([r for r, _, _ in chunks], device=device)[:, None]
-            columns = torch.tensor([s for _, s, _ in chunks], device=device)[:, None] + torch.arange(width, device=device)
-            mask = torch.arange(width, device=device)[None, :] < torch.tensor([n for _, _, n in chunks], device=device)[:, None]
-            chunk_states = self.encode_sequences(ids[rows, columns], mask.long())
-            positions.append((rows * length + columns)[mask])
-            states.append(chunk_states[mask])
+        for rows, columns, real in calls:
+            chunk_states = self.encode_sequences(ids[rows, columns], real.long())
+            positions.append((rows * length + columns)[real])
+            states.append(chunk_states[real])
         states = torch.cat(states)
         hidden = states.new_zeros(batch * length, states.shape[-1]).index_copy(0, torch.cat(positions), states)
         return hidden.view(batch, length, -1)

@@ -1,16 +1,18 @@
-"""Training data: tokenised notes, label index lists, length-grouped batches."""
+"""Training data: tokenised notes, label index lists, length-grouped batches, and batches cut by
+a token budget."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from clem_icd.batching import pad_batch
+from clem_icd.batching import pad_batch, token_budget_batches
 from clem_icd.data.labels import label_indices, multi_hot
 from clem_icd.progress import progress_bar
 
@@ -71,6 +73,90 @@ class LengthGroupedBatches(Sampler[list[int]]):
         return iter(self.batches())
 
     def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """Notes of one forward pass. `counted` False: a stand-in note whose loss is weighted 0, run
+    only so that a process with no share of a global batch still joins the gradient all-reduce."""
+
+    indices: list[int]
+    counted: bool = True
+
+
+@dataclass(frozen=True)
+class GlobalBatch:
+    """One optimizer step: how many notes it holds over all processes, and this process's
+    share of them cut into micro-batches."""
+
+    notes: int
+    micro_batches: list[MicroBatch]
+
+
+def process_share(notes: list[int], lengths: list[int], process_index: int, num_processes: int) -> list[int]:
+    """This process's disjoint share of `notes`: longest first, dealt in turn, so every process
+    gets a similar number of tokens and its share comes sorted by length (little padding)."""
+    longest_first = sorted(notes, key=lambda i: -lengths[i])
+    return longest_first[process_index::num_processes]
+
+
+def budget_micro_batches(notes: list[int], lengths: list[int], max_tokens: int,
+                         process_index: int = 0, num_processes: int = 1) -> list[list[int]]:
+    """This process's share of `notes` in micro-batches of padded cost <= max_tokens (a note
+    longer than the budget alone)."""
+    share = process_share(notes, lengths, process_index, num_processes)
+    return token_budget_batches(share, lambda i: lengths[i], max_tokens)
+
+
+class TokenBudgetBatches:
+    """Global batches of `batch_size` notes (the last may be smaller), each process's share of
+    each cut into micro-batches by a token budget: as many notes per forward pass as fit, notes x
+    the longest one's tokens <= max_batch_tokens.
+
+    The epoch's order is random (seeded by seed and epoch, the same on every process); with
+    `group`, as LengthGroupedBatches, notes are sorted by length within mega-batches of 50
+    global batches before the cut and the global batches shuffled, so that a global batch holds
+    notes of similar length. Every process computes the same global batches and takes its own
+    share (`process_share`), so the shares are disjoint and together cover the epoch once."""
+
+    def __init__(self, lengths: list[int], batch_size: int, max_batch_tokens: int, seed: int,
+                 process_index: int = 0, num_processes: int = 1, group: bool = True):
+        self.lengths, self.batch_size, self.max_batch_tokens = lengths, batch_size, max_batch_tokens
+        self.seed, self.group, self.epoch = seed, group, 0
+        self.process_index, self.num_processes = process_index, num_processes
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def global_batches(self) -> list[list[int]]:
+        """The epoch's global batches over all processes, in order."""
+        rng = random.Random(self.seed + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        if self.group:
+            mega = self.batch_size * 50
+            order = [i for s in range(0, len(order), mega)
+                     for i in sorted(order[s:s + mega], key=lambda i: -self.lengths[i])]
+        batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        if self.group:
+            rng.shuffle(batches)  # else each mega-batch would run from its longest notes to its shortest
+        return batches
+
+    def steps(self) -> list[GlobalBatch]:
+        """This process's micro-batches of each global batch of the epoch."""
+        return [self._share_of(batch) for batch in self.global_batches()]
+
+    def _share_of(self, batch: list[int]) -> GlobalBatch:
+        micro = budget_micro_batches(batch, self.lengths, self.max_batch_tokens, self.process_index, self.num_processes)
+        if not micro:
+            # Fewer notes than processes (a small last batch): run the shortest note, weighted 0.
+            shortest = min(batch, key=lambda i: self.lengths[i])
+            return GlobalBatch(len(batch), [MicroBatch([shortest], counted=False)])
+        return GlobalBatch(len(batch), [MicroBatch(indices) for indices in micro])
+
+    def __len__(self) -> int:
+        """Optimizer steps per epoch: ceil(notes / batch_size), known before the epoch runs."""
         return -(-len(self.lengths) // self.batch_size)
 
 

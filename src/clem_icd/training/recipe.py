@@ -35,17 +35,37 @@ MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 @dataclass
 class DataSettings:
-    batch_size: int = 16  # global: documents per optimizer step, over all processes
-    micro_batch_size: int = 1  # documents per forward pass on one device
-    eval_batch_size: int = 8
+    # Global batch: documents per optimizer step, over all processes, with or without a token
+    # budget. In notes, not tokens: the loss is each note's mean BCE over codes, averaged over the
+    # notes of the batch, and published recipes state batch sizes in documents; a batch of N
+    # tokens would weigh long notes more and make the number of steps per epoch (and so the
+    # learning-rate schedule) depend on the data.
+    batch_size: int = 16
+    micro_batch_size: int = 1  # documents per forward pass on one device; ignored with max_batch_tokens
+    eval_batch_size: int = 8  # ignored when evaluation batches by tokens (eval_max_batch_tokens)
     length_grouping: bool = True  # batches of notes of similar length (little padding)
+    # Token budget per forward pass on one device: as many notes as fit, notes x the longest
+    # note's tokens <= max_batch_tokens (a note longer than the budget goes alone). Replaces
+    # micro_batch_size, which is then ignored: the budget alone bounds memory, and a note cap
+    # would undo it for short notes. None: micro_batch_size notes per forward pass.
+    max_batch_tokens: int | None = None
+    eval_max_batch_tokens: int | None = None  # the same for evaluation; None: max_batch_tokens
 
     def __post_init__(self) -> None:
         if min(self.batch_size, self.micro_batch_size, self.eval_batch_size) < 1:
             raise ClemError("data: batch sizes must be at least 1")
-        if self.batch_size % self.micro_batch_size:
+        for name in ("max_batch_tokens", "eval_max_batch_tokens"):
+            budget = getattr(self, name)
+            if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+                raise ClemError(f"data.{name} must be a whole number of tokens, at least 1 (or null), got {budget!r}")
+        if self.max_batch_tokens is None and self.batch_size % self.micro_batch_size:
             raise ClemError(f"data: batch_size ({self.batch_size}) must be a multiple of "
                             f"micro_batch_size ({self.micro_batch_size})")
+
+    @property
+    def eval_budget(self) -> int | None:
+        """Tokens per evaluation forward pass; None: eval_batch_size notes."""
+        return self.max_batch_tokens if self.eval_max_batch_tokens is None else self.eval_max_batch_tokens
 
 
 @dataclass

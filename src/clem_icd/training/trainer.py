@@ -1,11 +1,12 @@
 """Training on one GPU or many with Hugging Face Accelerate (`accelerate launch` gives DDP, FSDP
 or DeepSpeed with no code of ours), and on CPU.
 
-AdamW with linear warm-up and decay, gradient accumulation to a global batch size, gradient
-clipping, bf16/fp16 autocast where the hardware has it, optional gradient checkpointing,
-length-grouped batches, evaluation on val every epoch, early stopping on val mAP, the decision
-threshold tuned on val at the end (argmax of micro-F1), the best model saved, per-epoch metrics
-as JSON lines.
+AdamW with linear warm-up and decay, gradient accumulation to a global batch size (in notes),
+gradient clipping, bf16/fp16 autocast where the hardware has it, optional gradient checkpointing,
+length-grouped batches of a fixed number of notes or of as many notes as fit a token budget
+(`data.max_batch_tokens`, accumulated by hand: accumulate_global_batch), evaluation on val every
+epoch, early stopping on val mAP, the decision threshold tuned on val at the end (argmax of
+micro-F1), the best model saved, per-epoch metrics as JSON lines.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -25,7 +27,14 @@ from clem_icd.errors import ClemError
 from clem_icd.evaluation.metrics import compute_metrics, tune_threshold
 from clem_icd.precision import mixed_precision
 from clem_icd.progress import progress_bar
-from clem_icd.training.data import CodedNotes, LengthGroupedBatches, collate
+from clem_icd.training.data import (
+    CodedNotes,
+    GlobalBatch,
+    LengthGroupedBatches,
+    TokenBudgetBatches,
+    budget_micro_batches,
+    collate,
+)
 from clem_icd.training.recipe import Recipe
 
 
@@ -54,20 +63,19 @@ def train_tfidf(recipe: Recipe, dataset: PreparedDataset, output_dir: Path) -> d
 def train_coder(recipe: Recipe, dataset: PreparedDataset, output_dir: Path) -> dict:
     from accelerate import Accelerator, PartialState
     from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader
     from transformers import get_linear_schedule_with_warmup
 
     from clem_icd.model import ICDCoder, ICDCoderConfig
 
     data, optim, loop = recipe.data, recipe.optim, recipe.train
+    by_tokens = data.max_batch_tokens is not None
     processes = PartialState().num_processes  # the state Accelerator will share
-    per_step = data.micro_batch_size * processes
-    if data.batch_size % per_step:
-        raise ClemError(f"data.batch_size {data.batch_size} is not a multiple of data.micro_batch_size x "
-                        f"processes ({data.micro_batch_size} x {processes})")
-    accelerator = Accelerator(gradient_accumulation_steps=data.batch_size // per_step,
+    # By tokens, micro-batches are accumulated by hand (accumulate_global_batch), not by Accelerate.
+    accelerator = Accelerator(gradient_accumulation_steps=1 if by_tokens else _accumulation_steps(data, processes),
                               mixed_precision=mixed_precision(loop.mixed_precision),
                               log_with=loop.trackers or None, project_dir=str(output_dir))
+    if by_tokens:
+        _check_token_batching_backend(accelerator)
     set_seed(loop.seed)
     main = accelerator.is_main_process
     codes = dataset.code_list
@@ -85,27 +93,37 @@ def train_coder(recipe: Recipe, dataset: PreparedDataset, output_dir: Path) -> d
     init_output_bias(coder, train_set)
     pad_id = coder.tokenizer.pad_token_id or 0
     batch_collate = partial(collate, pad_id=pad_id, num_labels=len(codes))
-    train_sampler = LengthGroupedBatches([len(t) for t in train_set.tokens], data.micro_batch_size,
-                                         loop.seed, group=data.length_grouping)
-    train_loader = DataLoader(train_set, batch_sampler=train_sampler, collate_fn=batch_collate)
-    val_loader = DataLoader(val_set, batch_sampler=LengthGroupedBatches(
-        [len(t) for t in val_set.tokens], data.eval_batch_size, loop.seed, shuffle=False), collate_fn=batch_collate)
+    train_sampler, train_loader = _train_batches(data, train_set, loop.seed, accelerator, batch_collate)
+    val_loader, val_micro_batches = _val_batches(data, val_set, loop.seed, accelerator, batch_collate)
 
     head_lr = optim.head_learning_rate or optim.learning_rate
     groups = [{"params": [p for p in coder.encoder.parameters() if p.requires_grad], "lr": optim.learning_rate},
               {"params": list(coder.head.parameters()), "lr": head_lr}]
     optimizer = torch.optim.AdamW(groups, lr=optim.learning_rate, weight_decay=optim.weight_decay)
-    model, optimizer, train_loader, val_loader = accelerator.prepare(coder, optimizer, train_loader, val_loader)
+    model, optimizer, train_loader, val_loader = _prepare(accelerator, coder, optimizer, train_loader, val_loader)
 
     # The scheduler counts optimizer steps over all processes and is stepped by hand, once per
     # real (synchronised) optimizer step, so warm-up means the same thing on 1 or 8 GPUs.
-    steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
+    if by_tokens:
+        steps_per_epoch = len(train_sampler)  # ceil(notes / batch_size): global batches are in notes
+    else:
+        steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
     total_steps = steps_per_epoch * loop.epochs
     warmup = min(optim.warmup_steps, total_steps // 10)  # short runs: at most 10% warm-up
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
     if loop.trackers:
         accelerator.init_trackers("clem-icd", config={f"{section}.{k}": v for section, values in recipe.to_dict().items()
                                                       for k, v in values.items() if isinstance(v, (int, float, str, bool))})
+
+    def batch_of(dataset_split: CodedNotes, indices: list[int]) -> dict:
+        """A micro-batch collated and on this process's device (loaders Accelerate did not prepare)."""
+        return {k: v.to(accelerator.device) for k, v in batch_collate([dataset_split[i] for i in indices]).items()}
+
+    def evaluate() -> np.ndarray:
+        if val_loader is not None:
+            return predict_scores(model, val_loader, accelerator, len(val_set), len(codes))
+        batches = (batch_of(val_set, indices) for indices in val_micro_batches)  # collated one at a time
+        return predict_scores_by_tokens(model, batches, accelerator, len(val_set), len(codes))
 
     log_path = output_dir / "metrics.jsonl"
     if main:
@@ -114,32 +132,24 @@ def train_coder(recipe: Recipe, dataset: PreparedDataset, output_dir: Path) -> d
         write_json_atomic(recipe.to_dict(), output_dir / "train_config.json")
     val_targets = val_set.targets()
     best_map, best_epoch, best_scores, stale, step = -1.0, -1, None, 0, 0
-    loss_fn = torch.nn.BCEWithLogitsLoss()
     for epoch in range(loop.epochs):
         train_sampler.set_epoch(epoch)
         model.train()
-        started, loss_sum, loss_count = time.perf_counter(), 0.0, 0
-        with progress_bar(f"epoch {epoch + 1}/{loop.epochs}", len(train_loader)) as update:
-            for i, batch in enumerate(train_loader):
-                with accelerator.accumulate(model):
-                    logits = model(batch["input_ids"], batch["attention_mask"])
-                    loss = loss_fn(logits.float(), batch["labels"])
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and optim.max_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
-                    optimizer.step()  # the prepared optimizer skips steps while accumulating
-                    if accelerator.sync_gradients:
-                        scheduler.step()
-                        step += 1
-                    optimizer.zero_grad()
-                loss_sum += loss.item()
-                loss_count += 1
-                if main:
-                    update(i + 1)
+        started = time.perf_counter()
+        bar_length = steps_per_epoch if by_tokens else len(train_loader)
+        with progress_bar(f"epoch {epoch + 1}/{loop.epochs}", bar_length) as update:
+            if by_tokens:
+                train_loss, steps = _epoch_by_tokens(model, optimizer, scheduler, train_sampler,
+                                                     partial(batch_of, train_set), accelerator,
+                                                     optim.max_grad_norm, update if main else None)
+            else:
+                train_loss, steps = _epoch_by_notes(model, optimizer, scheduler, train_loader, accelerator,
+                                                    optim.max_grad_norm, update if main else None)
+        step += steps
         train_seconds = time.perf_counter() - started
-        scores = predict_scores(model, val_loader, accelerator, len(val_set), len(codes))
+        scores = evaluate()
         val = compute_metrics(scores, val_targets, 0.5)
-        record = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(loss_count, 1),
+        record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss,
                   "train_seconds": round(train_seconds, 2), "val@0.5": val,
                   "learning_rate": scheduler.get_last_lr()[0]}
         if loop.trackers:
@@ -168,12 +178,137 @@ def train_coder(recipe: Recipe, dataset: PreparedDataset, output_dir: Path) -> d
                    "val@0.5": compute_metrics(best_scores, val_targets, 0.5)}
         _publish_best(best, output_dir, metrics)
     accelerator.end_training()
-    # Accelerate keeps its state (mixed precision, ...) per process; reset it so that another
-    # training in the same process (a notebook, the demo, tests) may choose differently.
-    from accelerate.state import AcceleratorState
+    # Accelerate keeps its state (mixed precision, gradient accumulation, ...) per process; reset
+    # it so that another training in the same process (a notebook, the demo, tests) may choose
+    # differently.
+    from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state()
+    GradientState._reset_state()
     return metrics
+
+
+def _train_batches(data, train_set: CodedNotes, seed: int, accelerator, batch_collate):
+    """(sampler, loader). By tokens: TokenBudgetBatches and no loader, since a loader that
+    Accelerate prepares would be sharded again, and each process already takes its own share.
+    Else: LengthGroupedBatches of micro_batch_size notes and its DataLoader."""
+    from torch.utils.data import DataLoader
+
+    lengths = [len(t) for t in train_set.tokens]
+    if data.max_batch_tokens is not None:
+        return TokenBudgetBatches(lengths, data.batch_size, data.max_batch_tokens, seed, accelerator.process_index,
+                                  accelerator.num_processes, group=data.length_grouping), None
+    sampler = LengthGroupedBatches(lengths, data.micro_batch_size, seed, group=data.length_grouping)
+    return sampler, DataLoader(train_set, batch_sampler=sampler, collate_fn=batch_collate)
+
+
+def _val_batches(data, val_set: CodedNotes, seed: int, accelerator, batch_collate):
+    """(loader, None) of eval_batch_size notes per batch, or by tokens (None, this process's
+    micro-batches of its share of val)."""
+    from torch.utils.data import DataLoader
+
+    lengths = [len(t) for t in val_set.tokens]
+    if data.eval_budget is not None:
+        return None, budget_micro_batches(list(range(len(val_set))), lengths, data.eval_budget,
+                                          accelerator.process_index, accelerator.num_processes)
+    sampler = LengthGroupedBatches(lengths, data.eval_batch_size, seed, shuffle=False)
+    return DataLoader(val_set, batch_sampler=sampler, collate_fn=batch_collate), None
+
+
+def _prepare(accelerator, model, optimizer, *loaders):
+    """accelerator.prepare in one call (DeepSpeed reads the batch size off the loaders); a loader
+    that is None (batched by tokens, each process its own share) stays None."""
+    model, optimizer, *prepared = accelerator.prepare(model, optimizer, *[x for x in loaders if x is not None])
+    remaining = iter(prepared)
+    return model, optimizer, *[None if loader is None else next(remaining) for loader in loaders]
+
+
+def _accumulation_steps(data, processes: int) -> int:
+    per_step = data.micro_batch_size * processes
+    if data.batch_size % per_step:
+        raise ClemError(f"data.batch_size {data.batch_size} is not a multiple of data.micro_batch_size x "
+                        f"processes ({data.micro_batch_size} x {processes})")
+    return data.batch_size // per_step
+
+
+def _check_token_batching_backend(accelerator) -> None:
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ClemError("data.max_batch_tokens does not work under DeepSpeed, which accumulates gradients "
+                        "itself over a fixed number of micro-batches: use data.micro_batch_size, or DDP / FSDP")
+
+
+def _epoch_by_notes(model, optimizer, scheduler, loader, accelerator, max_grad_norm: float,
+                    update=None) -> tuple[float, int]:
+    """One epoch of micro-batches of a fixed number of notes, accumulated by Accelerate; returns
+    the mean micro-batch loss and the number of optimizer steps taken."""
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    loss_sum, loss_count, steps = 0.0, 0, 0
+    for i, batch in enumerate(loader):
+        with accelerator.accumulate(model):
+            logits = model(batch["input_ids"], batch["attention_mask"])
+            loss = loss_fn(logits.float(), batch["labels"])
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()  # the prepared optimizer skips steps while accumulating
+            if accelerator.sync_gradients:
+                scheduler.step()
+                steps += 1
+            optimizer.zero_grad()
+        loss_sum += loss.item()
+        loss_count += 1
+        if update:
+            update(i + 1)
+    return loss_sum / max(loss_count, 1), steps
+
+
+def _epoch_by_tokens(model, optimizer, scheduler, sampler: TokenBudgetBatches, batch_of, accelerator,
+                     max_grad_norm: float, update=None) -> tuple[float, int]:
+    """One epoch of global batches cut into micro-batches by a token budget; returns the mean
+    per-note loss (this process's notes) and the number of optimizer steps taken."""
+    loss_sum, notes, steps = 0.0, 0, 0
+    for i, global_batch in enumerate(sampler.steps()):
+        loss_sum += accumulate_global_batch(model, global_batch, batch_of, accelerator)
+        notes += sum(len(m.indices) for m in global_batch.micro_batches if m.counted)
+        if max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        steps += 1
+        if update:
+            update(i + 1)
+    return loss_sum / max(notes, 1), steps
+
+
+def note_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each note's mean binary cross-entropy over the codes, shape (notes,)."""
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), labels, reduction="none").mean(dim=1)
+
+
+def accumulate_global_batch(model, global_batch: GlobalBatch, batch_of, accelerator) -> float:
+    """Backward passes over this process's micro-batches of one global batch, leaving in the
+    gradients the gradient of the global batch's loss: the mean over its notes of their
+    `note_losses`, however the notes were split. Returns the summed loss of the counted notes.
+
+    Each micro-batch's summed per-note loss is scaled by 1 / (notes in the global batch), times
+    the number of processes because DDP (and FSDP) average gradients over processes. Gradients
+    are synchronised only on the last micro-batch (`no_sync` on the others): processes may run
+    different numbers of micro-batches, but each runs exactly one synchronised backward per
+    global batch, so their all-reduces pair up one to one."""
+    scale = accelerator.num_processes / global_batch.notes
+    last = len(global_batch.micro_batches) - 1
+    total = 0.0
+    for k, micro in enumerate(global_batch.micro_batches):
+        batch = batch_of(micro.indices)
+        with accelerator.no_sync(model) if k < last else nullcontext():
+            losses = note_losses(model(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+            accelerator.backward(losses.sum() * (scale if micro.counted else 0.0))
+        if micro.counted:
+            total += losses.sum().item()
+    return total
 
 
 @torch.no_grad()
@@ -197,6 +332,40 @@ def predict_scores(model, loader, accelerator, n_documents: int, n_codes: int) -
         logits = model(batch["input_ids"], batch["attention_mask"])
         index, probabilities = accelerator.gather_for_metrics((batch["index"], torch.sigmoid(logits.float())))
         scores[index.cpu().numpy()] = probabilities.cpu().numpy()
+    return scores
+
+
+@torch.no_grad()
+def predict_scores_by_tokens(model, batches, accelerator, n_documents: int, n_codes: int) -> np.ndarray:
+    """Probabilities (documents, codes) in dataset order, from micro-batches (collated, on the
+    device) that each process cut from its own disjoint share of the documents."""
+    model.eval()
+    index = [torch.empty(0, dtype=torch.long)]
+    rows = [torch.empty((0, n_codes))]
+    for batch in batches:
+        index.append(batch["index"].cpu())
+        rows.append(torch.sigmoid(model(batch["input_ids"], batch["attention_mask"]).float()).cpu())
+    return gather_scores(accelerator, torch.cat(index), torch.cat(rows), n_documents)
+
+
+def gather_scores(accelerator, index: torch.Tensor, rows: torch.Tensor, n_documents: int,
+                  chunk: int = 256) -> np.ndarray:
+    """Rows scored by each process for disjoint document indices, gathered into one
+    (documents, codes) array on every process. Collectives need the same shape on every
+    process, and the processes hold different numbers of rows: so rows go in chunks of a fixed
+    size, as many chunks as the process with the most rows needs, padded with index -1."""
+    device = accelerator.device
+    most = int(accelerator.gather(torch.tensor([len(index)], device=device)).max())
+    scores = np.zeros((n_documents, rows.shape[1]), dtype=np.float32)
+    for start in range(0, most, chunk):
+        part_index = torch.full((chunk,), -1, dtype=torch.long)
+        part_rows = torch.zeros((chunk, rows.shape[1]), dtype=torch.float32)
+        piece = index[start:start + chunk]
+        part_index[:len(piece)] = piece
+        part_rows[:len(piece)] = rows[start:start + chunk]
+        all_index, all_rows = accelerator.gather((part_index.to(device), part_rows.to(device)))
+        keep = all_index >= 0
+        scores[all_index[keep].cpu().numpy()] = all_rows[keep].cpu().numpy()
     return scores
 
 

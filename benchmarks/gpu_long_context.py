@@ -79,6 +79,37 @@ def measure(coder, ids, mask, train: bool, repeats: int, device: torch.device) -
     return {"seconds": seconds, "peak_gib": peak}
 
 
+def exactness(args, encoder: dict, device: torch.device) -> list[dict]:
+    """Encoder states of two notes (8,192 and 3,000 tokens) on real tokens, against stock in
+    fp32: ours in fp32 (should be <= 1e-4), and stock and ours in bf16 (ours should be no
+    further from fp32 than stock bf16 is: the same model up to bf16 rounding)."""
+    from transformers import AutoConfig, AutoModel
+
+    from clem_icd.longcontext import modernbert_forward
+
+    torch.manual_seed(0)
+    model = AutoModel.from_config(AutoConfig.for_model(**encoder), attn_implementation="sdpa").to(device).eval()
+    lengths = [args.tokens, min(3000, args.tokens)]
+    ids = torch.randint(5, 50000, (2, args.tokens), generator=torch.Generator().manual_seed(2)).to(device)
+    mask = (torch.arange(args.tokens, device=device)[None] < torch.tensor(lengths, device=device)[:, None]).long()
+    real = mask.bool()
+    rows = []
+    with torch.no_grad():
+        reference = model(input_ids=ids, attention_mask=mask).last_hidden_state[real].float()
+        for name, dtype, run in [
+            ("blockwise fp32", None, lambda: modernbert_forward(model, ids, mask, "blockwise").last_hidden_state),
+            ("stock bf16", torch.bfloat16, lambda: model(input_ids=ids, attention_mask=mask).last_hidden_state),
+            ("blockwise bf16", torch.bfloat16, lambda: modernbert_forward(model, ids, mask, "blockwise").last_hidden_state),
+            ("packed bf16", torch.bfloat16, lambda: modernbert_forward(model, ids, mask, "packed").last_hidden_state),
+        ]:
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                diff = (run()[real].float() - reference).abs()
+            rows.append({"system": name, "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())})
+            print(f"exactness vs stock fp32, notes {lengths}: {name:<15} max {rows[-1]['max_abs_diff']:.2e} "
+                  f"mean {rows[-1]['mean_abs_diff']:.2e}", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
@@ -108,6 +139,10 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"# {name}, torch {torch.__version__}, {args.notes} notes x {args.tokens} tokens ({tokens} real), "
           f"{args.codes} codes, bf16 autocast; exact forward {flops / 1e12:.2f} TFLOP")
+    from clem_icd.longcontext.attention import varlen_kernel
+
+    print(f"# varlen flash kernel with windows: {'yes' if varlen_kernel() else 'no (packed runs the reference)'}")
+    checks = exactness(args, encoder, device)
     print(f"{'system':<11} {'step':<8} {'seconds':>8} {'tokens/s':>9} {'MFU':>6} {'peak GiB':>9} {'x stock':>8} "
           f"{'max|diff|':>10}")
     rows, reference, stock_seconds = [], None, {}
@@ -140,7 +175,7 @@ def main() -> None:
         except Exception as exc:  # one system failing (e.g. flex on an old driver) leaves the others
             print(f"{system:<11} failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:150]}", flush=True)
     if args.out:
-        args.out.write_text(json.dumps({"device": name, "torch": torch.__version__, "rows": rows}, indent=1))
+        args.out.write_text(json.dumps({"device": name, "torch": torch.__version__, "exactness": checks, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

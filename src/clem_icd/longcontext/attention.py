@@ -16,6 +16,9 @@ cost grows linearly with the note instead of quadratically.
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 import torch.nn.functional as F
 
@@ -69,17 +72,27 @@ def global_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_vali
     return out.transpose(1, 2)
 
 
+@functools.cache
+def varlen_kernel():
+    """PyTorch's varlen flash attention when this build has it with sliding windows (the
+    `window_size` argument; torch 2.13 has it), else None: the exact reference runs instead."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn if "window_size" in inspect.signature(varlen_attn).parameters else None
+
+
 def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
                      window: int | None, scale: float, block: int = BLOCK) -> torch.Tensor:
     """Attention over packed notes: q, k, v (total_tokens, heads, dim), note n spanning
     cu_seqlens[n]:cu_seqlens[n + 1]; window None for full attention. On CUDA in fp16/bf16 this
     is PyTorch's varlen flash attention; elsewhere an exact reference built from the kernels
     above (used on CPU and by the tests that check the packing around the kernel)."""
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-        from torch.nn.attention.varlen import varlen_attn
-
-        return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale,
-                           window_size=(window, window) if window is not None else (-1, -1))
+    kernel = varlen_kernel()
+    if kernel is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        return kernel(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale,
+                      window_size=(window, window) if window is not None else (-1, -1))
     bounds = cu_seqlens.tolist()
     if window is None:  # one SDPA call per note: no (tokens x tokens) mask across notes
         return torch.cat([global_attention(q[None, a:b], k[None, a:b], v[None, a:b], None, scale)[0]

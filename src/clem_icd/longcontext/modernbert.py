@@ -27,6 +27,7 @@ from clem_icd.longcontext.attention import (
     blockwise_local_attention,
     global_attention,
     packed_attention,
+    varlen_kernel,
 )
 
 MODES = ("auto", "blockwise", "packed")
@@ -42,11 +43,12 @@ def is_modernbert(model: nn.Module) -> bool:
 
 def choose_mode(model: nn.Module, requested: str = "auto") -> str:
     """`auto`: packed where the varlen flash kernel runs (CUDA with fp16/bf16 weights or
-    autocast), blockwise elsewhere (CPU; fp32 on any device)."""
+    autocast, a torch with varlen_attn's window_size), blockwise elsewhere (CPU; fp32 on any
+    device)."""
     if requested != "auto":
         return requested
     weight = model.embeddings.tok_embeddings.weight
-    if weight.is_cuda:
+    if weight.is_cuda and varlen_kernel() is not None:
         half = weight.dtype in (torch.float16, torch.bfloat16)
         autocast = torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") in (torch.float16,
                                                                                               torch.bfloat16)

@@ -185,7 +185,8 @@ class ICDCoder(nn.Module):
                 return_attention: bool = False):
         hidden = self.encode(input_ids, attention_mask)
         mask = attention_mask.bool()
-        logits, attention = self.head(hidden, mask)
+        # The (batch, codes, tokens) weights are built only when asked for (evidence).
+        logits, attention = self.head(hidden, mask, need_weights=return_attention)
         return (logits, attention) if return_attention else logits
 
     # ------------------------------------------------------------------ inference

@@ -4,6 +4,16 @@ Both heads mask padding out of the softmax (the public PLM-ICD code attends to p
 did Edin et al.'s label cross-attention until a January 2026 fix of its mask; that makes a
 note's scores depend on what it is batched with) and compute the softmax in float32 with the
 maximum subtracted (PLM-ICD runs are known to diverge from overflow there).
+
+Memory. The attention weights are a (batch, labels, tokens) tensor: 65M numbers per note at
+MIMIC-IV scale (7,942 codes x 8,192 tokens), 260 MB in float32, and computing them all at once
+under autograd keeps several such tensors per note until backward. Both heads therefore run
+their attention through `label_attention`, which goes through the labels a chunk at a time
+(CHUNK_ELEMENTS) and keeps for backward only its inputs (queries, keys, values, mask): backward
+recomputes each chunk's weights from them (one extra scores matmul per chunk), so no
+(batch, labels, tokens) tensor outlives its chunk. The full weights are only materialised when
+asked for (`need_weights`, for the evidence methods), and then as a plain float32 tensor outside
+the autograd graph.
 """
 
 from __future__ import annotations
@@ -13,15 +23,138 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
+
+# Labels per chunk: as many as keep one (batch, chunk labels, tokens) tensor within
+# CHUNK_ELEMENTS numbers. 2**23 is 32 MB in float32; forward holds one or two chunk-sized
+# tensors at a time and backward two or three (a few more bf16 copies under autocast), so the
+# attention's transient memory stays around 100 MB however many codes and notes there are,
+# while one note's chunk (1,024 labels x 8,192 tokens) is still a matmul large enough to keep
+# a GPU busy.
+CHUNK_ELEMENTS = 2**23
+
+
+def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)  # float64 stays float64 (gradcheck)
+
+
+def _masked_softmax_(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """masked_softmax on a float tensor the caller owns, in place (no chunk-sized copies)."""
+    scores.masked_fill_(~mask[:, None, :], float("-inf"))
+    scores.sub_(scores.amax(dim=-1, keepdim=True))  # exp(-inf) is exactly 0: padding gets 0
+    scores.exp_()
+    return scores.div_(scores.sum(dim=-1, keepdim=True))
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last (token) axis in float32; padded tokens get exactly zero weight.
+    """Softmax over the last (token) axis in float32 (float64 for float64 scores); padded
+    tokens get exactly zero weight.
 
     scores: (batch, labels, tokens); mask: (batch, tokens), true for real tokens."""
-    scores = scores.float().masked_fill(~mask[:, None, :], float("-inf"))
-    scores = scores - scores.amax(dim=-1, keepdim=True)  # softmax does this too; explicit is cheap
-    return torch.softmax(scores, dim=-1)
+    return _masked_softmax_(scores.to(_at_least_float32(scores.dtype), copy=True), mask)
+
+
+def _chunk_weights(queries: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+                   temperature: float) -> torch.Tensor:
+    """(batch, labels, tokens) = masked softmax of queries · keys / temperature, in float32
+    (float64 for float64 keys); queries (labels, dim), keys (batch, tokens, dim), multiplied in
+    their own dtype, the product divided by the temperature after the cast to float32."""
+    scores = torch.matmul(queries, keys.transpose(1, 2))
+    scores = scores.to(_at_least_float32(scores.dtype))  # a fresh tensor either way: ours to modify
+    if temperature != 1.0:
+        scores.div_(temperature)
+    return _masked_softmax_(scores, mask)
+
+
+def _labels_per_chunk(batch: int, tokens: int, chunk_elements: int) -> int:
+    return max(1, chunk_elements // max(1, batch * tokens))
+
+
+class _LabelAttention(torch.autograd.Function):
+    """context (batch, labels, dv) = A @ values, A = masked softmax over tokens of
+    queries (labels, d) · keys (batch, tokens, d) / temperature; A in float32, cast to the
+    values' dtype for the product. Forward and backward go through the labels a chunk at a
+    time; only the inputs are saved, and backward recomputes each chunk of A from them."""
+
+    @staticmethod
+    def forward(ctx, queries, keys, values, mask, temperature, chunk_elements, need_weights):
+        batch, tokens, _ = keys.shape
+        labels = queries.shape[0]
+        step = _labels_per_chunk(batch, tokens, chunk_elements)
+        context = values.new_empty(batch, labels, values.shape[-1])
+        weights = keys.new_empty((batch, labels, tokens) if need_weights else (0,),
+                                 dtype=_at_least_float32(keys.dtype))
+        with torch.autocast(keys.device.type, enabled=False):  # the dtypes were chosen by the caller
+            for start in range(0, labels, step):
+                chunk = _chunk_weights(queries[start:start + step], keys, mask, temperature)
+                if need_weights:
+                    weights[:, start:start + step] = chunk
+                context[:, start:start + step] = torch.bmm(chunk.to(values.dtype), values)
+                del chunk  # before the next chunk's scores exist, not after
+        ctx.save_for_backward(queries, keys, values, mask)
+        ctx.temperature, ctx.step = temperature, step
+        ctx.mark_non_differentiable(weights)
+        ctx.set_materialize_grads(False)  # else backward gets a (batch, labels, tokens) zero tensor for the weights
+        return context, weights
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_context, _grad_weights):
+        # With A = softmax(S), C = A V and G = dL/dC, per chunk of labels:
+        #   dV += A^T G;   dA = G V^T;   dS = A * (dA - rowsum(A * dA)) / temperature;
+        #   dQ = sum over the batch of dS K;   dK += dS^T Q.
+        # dS is exactly zero at padding, where A is. dK and dV add up over chunks in float32.
+        queries, keys, values, mask = ctx.saved_tensors
+        need_q, need_k, need_v = ctx.needs_input_grad[:3]
+        if grad_context is None:  # the context was not used
+            return None, None, None, None, None, None, None
+        grad_q = torch.zeros_like(queries) if need_q else None
+        grad_k = torch.zeros_like(keys, dtype=_at_least_float32(keys.dtype)) if need_k else None
+        grad_v = torch.zeros_like(values, dtype=_at_least_float32(values.dtype)) if need_v else None
+        grad_context = grad_context.to(values.dtype)
+        with torch.autocast(keys.device.type, enabled=False):
+            for start in range(0, queries.shape[0], ctx.step):
+                q = queries[start:start + ctx.step]
+                g = grad_context[:, start:start + ctx.step]
+                a = _chunk_weights(q, keys, mask, ctx.temperature)
+                if need_v:
+                    grad_v += torch.bmm(a.to(values.dtype).transpose(1, 2), g)
+                if need_q or need_k:
+                    ds = torch.bmm(g, values.transpose(1, 2)).to(a.dtype)
+                    ds.mul_(a)
+                    ds.addcmul_(a, ds.sum(dim=-1, keepdim=True), value=-1)  # A*dA - A*rowsum(A*dA)
+                    if ctx.temperature != 1.0:
+                        ds.div_(ctx.temperature)
+                    a = None
+                    ds = ds.to(keys.dtype)
+                    if need_q:
+                        grad_q[start:start + ctx.step] = torch.bmm(ds, keys).sum(dim=0)
+                    if need_k:
+                        grad_k += torch.matmul(ds.transpose(1, 2), q)
+                a = ds = None  # before the next chunk's are computed
+        return (grad_q, None if grad_k is None else grad_k.to(keys.dtype),
+                None if grad_v is None else grad_v.to(values.dtype), None, None, None, None)
+
+
+def label_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                    temperature: float = 1.0, chunk_elements: int = CHUNK_ELEMENTS,
+                    need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each label's attention-weighted sum of the values: (context (batch, labels, dv), weights).
+
+    queries (labels, d), keys (batch, tokens, d), values (batch, tokens, dv), mask (batch, tokens)
+    true for real tokens. The weights, A = softmax over real tokens of queries · keys /
+    temperature in float32, are (batch, labels, tokens) float32 and outside the autograd graph
+    when need_weights, else None. Memory: see the module notes and _LabelAttention."""
+    context, weights = _LabelAttention.apply(queries, keys, values, mask, float(temperature),
+                                             chunk_elements, need_weights)
+    return context, (weights if need_weights else None)
+
+
+def _matmul_dtype(hidden: torch.Tensor) -> torch.dtype:
+    """The dtype the attention's matmuls run in: autocast's where it is on (what nn.Linear and
+    torch.bmm would use), else the token states'."""
+    device = hidden.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
 
 
 class LAATHead(nn.Module):
@@ -36,15 +169,23 @@ class LAATHead(nn.Module):
         self.output_bias = nn.Parameter(torch.zeros(num_labels))
         for weight in (self.first.weight, self.second.weight, self.output_weight):
             nn.init.normal_(weight, std=0.03)
+        self.chunk_elements = CHUNK_ELEMENTS  # size of the attention's label chunks (tests shrink it)
 
     def attention(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(batch, labels, tokens) attention weights."""
-        z = torch.tanh(self.first(hidden))
-        return masked_softmax(self.second(z).transpose(1, 2), mask)
+        return self(hidden, mask, need_weights=True)[1]
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        weights = self.attention(hidden, mask)
-        label_states = torch.bmm(weights.to(hidden.dtype), hidden)  # (batch, labels, hidden)
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor,
+                need_weights: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """float32 logits (batch, labels) and the float32 attention weights (batch, labels,
+        tokens), outside the autograd graph; None for them with need_weights=False, which
+        training and plain prediction should pass: the weights are 260 MB per note at
+        7,942 codes x 8,192 tokens."""
+        dtype = _matmul_dtype(hidden)
+        z = torch.tanh(self.first(hidden))
+        label_states, weights = label_attention(  # (batch, labels, hidden)
+            self.second.weight.to(dtype), z.to(dtype), hidden.to(dtype), mask,
+            chunk_elements=self.chunk_elements, need_weights=need_weights)
         logits = (label_states * self.output_weight).sum(-1) + self.output_bias
         return logits.float(), weights
 
@@ -104,16 +245,21 @@ class CrossAttentionHead(nn.Module):
         self.output_bias = nn.Parameter(torch.zeros(num_labels))
         for weight in (self.queries, self.output_weight):
             nn.init.normal_(weight, std=0.03)
+        self.chunk_elements = CHUNK_ELEMENTS
 
     def attention(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        keys = self.key(hidden)  # (batch, tokens, dim)
-        scores = torch.einsum("ld,btd->blt", self.queries.to(keys.dtype), keys)
-        return masked_softmax(scores / math.sqrt(keys.shape[-1]), mask)
+        """(batch, labels, tokens) attention weights."""
+        return self(hidden, mask, need_weights=True)[1]
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        weights = self.attention(hidden, mask)
-        context = self.norm(torch.bmm(weights.to(hidden.dtype), self.value(hidden)))
-        logits = (context * self.output_weight).sum(-1) + self.output_bias
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor,
+                need_weights: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """As LAATHead.forward."""
+        dtype = _matmul_dtype(hidden)
+        keys = self.key(hidden)  # (batch, tokens, dim)
+        context, weights = label_attention(
+            self.queries.to(dtype), keys.to(dtype), self.value(hidden).to(dtype), mask,
+            temperature=math.sqrt(keys.shape[-1]), chunk_elements=self.chunk_elements, need_weights=need_weights)
+        logits = (self.norm(context) * self.output_weight).sum(-1) + self.output_bias
         return logits.float(), weights
 
     @torch.no_grad()

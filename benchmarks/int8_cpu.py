@@ -4,8 +4,9 @@ process, on the same notes, through the public `coder.predict_proba(texts, batch
 
 Command (issue 9, item 4; 2 CPU threads; needs torchao, which the project does not depend on -
 without it: "error: needs torchao (pip install torchao)", exit status 2):
-    HF_HUB_OFFLINE=1 python benchmarks/int8_cpu.py --model ../runs_desc/minilm_cross_desc \
-        --data ../runs_desc/data --notes 40 --out int8_cpu.json
+    bash benchmarks/codiesp_runs.sh runs/codiesp minilm_cross_desc   # the model and its data
+    HF_HUB_OFFLINE=1 python benchmarks/int8_cpu.py --model runs/codiesp/minilm_cross_desc \
+        --data runs/codiesp/data --notes 40 --out int8_cpu.json
 
 What is quantized: every nn.Linear of the encoder (attention q/k/v/output, feed-forward). The
 head stays fp32 (its key/value projections are nn.Linear but are left out; its label queries and

@@ -38,3 +38,22 @@ def test_benchmarks_that_read_shared_data_say_so_in_their_help(tmp_path):
         result = _benchmark(script, "--help", shared=tmp_path / "no-shared-data")
         assert result.returncode == 0, result.stderr
         assert "../shared/data" in result.stdout, script
+
+
+def test_long_context_benchmark_runs_and_its_fast_paths_equal_stock(tmp_path):
+    """benchmarks/long_context.py end to end on a one-layer encoder and a mixed batch: every
+    system runs, every ModernBERT row equals stock (states and logits), one JSON row each."""
+    import json
+
+    out = tmp_path / "rows.json"
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "long_context.py"), "--lengths",
+                             "--mixed-notes", "2", "--layers", "1", "--codes", "20", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["batch"].split()[0], r["system"]) for r in rows] == [
+        ("mixed", "today"), ("mixed", "stock"), ("mixed", "ours"), ("mixed", "blockwise"), ("mixed", "roberta")]
+    for row in rows:
+        assert row["seconds"] > 0 and row["tokens"] > 0
+        if row["system"] in ("today", "ours", "blockwise"):
+            assert row["diff_hidden"] < 1e-5 and row["diff_logits"] < 1e-5, row

@@ -199,15 +199,16 @@ def test_coder_probabilities_match_the_stock_path(head):
     assert codes(fast_coder) == codes(stock_coder) and any(codes(stock_coder))
 
 
-def test_the_encoder_reads_a_batch_only_as_wide_as_its_longest_note():
-    """Not max_length (8,192): the embeddings see the batch's longest note, the layers that
-    width rounded up to the attention block."""
-    fast_coder = coder()
+@pytest.mark.parametrize("mode", MODES)
+def test_the_encoder_reads_a_batch_only_as_wide_as_its_longest_note(mode):
+    """Not max_length (8,192): the embeddings see the batch's longest note; the layers see that
+    width rounded up to the attention block (blockwise) or the real tokens alone (packed)."""
+    fast_coder = coder(attention=mode)
     widths = {}
 
     def record(name: str):
         def hook(_module, _inputs, out) -> None:
-            widths[name] = out.shape[1]
+            widths[name] = tuple(out.shape[:2])
         return hook
 
     for name in ("embeddings", "final_norm"):
@@ -217,7 +218,8 @@ def test_the_encoder_reads_a_batch_only_as_wide_as_its_longest_note():
         fast_coder(ids, mask)
     longest = ids.shape[1]
     assert longest % BLOCK and longest < 1000
-    assert widths == {"embeddings": longest, "final_norm": -(-longest // BLOCK) * BLOCK}
+    layers = (2, -(-longest // BLOCK) * BLOCK) if mode == "blockwise" else (1, int(mask.sum()))
+    assert widths == {"embeddings": (2, longest), "final_norm": layers}
 
 
 def test_chunking_pads_only_the_last_chunk(monkeypatch):
@@ -240,6 +242,16 @@ def test_chunking_pads_only_the_last_chunk(monkeypatch):
                 end = min(n, start + 32)
                 alone = chunked.encoder(input_ids=ids[row:row + 1, start:end]).last_hidden_state[0]
                 torch.testing.assert_close(hidden[row, start:end], alone, rtol=0, atol=1e-5)
+
+
+def test_packed_refuses_attention_dropout_and_auto_avoids_it():
+    with pytest.raises(ClemError, match="'packed' does not apply the encoder's attention dropout"):
+        coder(encoder_config={**tiny_modernbert(), "attention_dropout": 0.1}, attention="packed")
+    from clem_icd.longcontext import choose_mode
+
+    model = modernbert(attention_dropout=0.1)
+    assert choose_mode(model) == "packed"  # eval: no dropout
+    assert choose_mode(model.train()) == "blockwise"
 
 
 def test_fast_paths_refuse_other_encoders():

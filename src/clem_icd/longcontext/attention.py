@@ -28,12 +28,28 @@ PADDING_SEGMENT = -1
 BLOCK = 64
 
 
+def band_mask(segments: torch.Tensor, window: int, block: int) -> torch.Tensor:
+    """(batch x blocks, 1, block, block + 2 * window) bool: which of the keys around each query
+    block a query may see (|i - j| <= window, same segment). The same for every local layer of a
+    forward, so it is built once (blockwise_local_attention's `mask`)."""
+    batch, tokens = segments.shape
+    blocks, span = tokens // block, block + 2 * window
+    key_segments = F.pad(segments, (window, window), value=PADDING_SEGMENT - 1).unfold(1, span, block)
+    query_segments = segments.view(batch, blocks, block)
+    # Query i of a block sits at key offset i + window: the band is 0 <= offset - i <= 2 * window.
+    offsets = torch.arange(span, device=segments.device)[None, :] - torch.arange(block, device=segments.device)[:, None]
+    band = (offsets >= 0) & (offsets <= 2 * window)
+    mask = band & (query_segments[..., :, None] == key_segments[..., None, :])  # (batch, blocks, block, span)
+    return mask.reshape(batch * blocks, 1, block, span)
+
+
 def blockwise_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: torch.Tensor,
-                              window: int, block: int, scale: float, dropout: float = 0.0) -> torch.Tensor:
+                              window: int, block: int, scale: float, dropout: float = 0.0,
+                              mask: torch.Tensor | None = None) -> torch.Tensor:
     """Banded attention, exact: token i attends to token j iff |i - j| <= window and both
     belong to the same segment. q, k, v: (batch, tokens, heads, dim) with tokens a multiple of
-    `block`; segments: (batch, tokens) int, PADDING_SEGMENT for padding. Returns (batch,
-    tokens, heads, dim).
+    `block`; segments: (batch, tokens) int, PADDING_SEGMENT for padding; `mask`: band_mask of
+    them, when the caller already has it. Returns (batch, tokens, heads, dim).
 
     Padding tokens form their own segment, so every query row keeps at least its own key and no
     row is fully masked (a fully masked softmax row is NaN); their outputs are finite and
@@ -42,6 +58,7 @@ def blockwise_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if tokens % block:
         raise ValueError(f"tokens ({tokens}) must be a multiple of the block size ({block})")
     blocks, span = tokens // block, block + 2 * window
+
     # Keys and values around each query block: pad `window` on both sides, then take
     # overlapping windows of `span` positions every `block` (a view; the reshape copies once).
     def around(x: torch.Tensor) -> torch.Tensor:
@@ -50,14 +67,9 @@ def blockwise_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return windows.permute(0, 1, 2, 4, 3).reshape(batch * blocks, heads, span, dim)
 
     queries = q.view(batch, blocks, block, heads, dim).transpose(2, 3).reshape(batch * blocks, heads, block, dim)
-    key_segments = F.pad(segments, (window, window), value=PADDING_SEGMENT - 1).unfold(1, span, block)
-    query_segments = segments.view(batch, blocks, block)
-    # Query i of a block sits at key offset i + window: the band is 0 <= offset - i <= 2 * window.
-    offsets = torch.arange(span, device=q.device)[None, :] - torch.arange(block, device=q.device)[:, None]
-    band = (offsets >= 0) & (offsets <= 2 * window)
-    mask = band & (query_segments[..., :, None] == key_segments[..., None, :])  # (batch, blocks, block, span)
-    out = F.scaled_dot_product_attention(queries, around(k), around(v), attn_mask=mask.reshape(batch * blocks, 1, block, span),
-                                         dropout_p=dropout, scale=scale)
+    if mask is None:
+        mask = band_mask(segments, window, block)
+    out = F.scaled_dot_product_attention(queries, around(k), around(v), attn_mask=mask, dropout_p=dropout, scale=scale)
     return out.view(batch, blocks, heads, block, dim).transpose(2, 3).reshape(batch, tokens, heads, dim)
 
 
@@ -83,26 +95,35 @@ def varlen_kernel():
     return varlen_attn if "window_size" in inspect.signature(varlen_attn).parameters else None
 
 
+def packed_segments(cu_seqlens: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
+    """(1, total rounded up to block) segment ids of packed notes: note n's tokens are n, the
+    rounding is PADDING_SEGMENT."""
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    total = int(cu_seqlens[-1])
+    notes = torch.repeat_interleave(torch.arange(len(lengths), device=cu_seqlens.device), lengths)
+    return F.pad(notes, (0, -(-total // block) * block - total), value=PADDING_SEGMENT)[None]
+
+
 def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                     window: int | None, scale: float, block: int = BLOCK) -> torch.Tensor:
+                     window: int | None, scale: float, segments: torch.Tensor | None = None,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
     """Attention over packed notes: q, k, v (total_tokens, heads, dim), note n spanning
     cu_seqlens[n]:cu_seqlens[n + 1]; window None for full attention. On CUDA in fp16/bf16 this
-    is PyTorch's varlen flash attention; elsewhere an exact reference built from the kernels
-    above (used on CPU and by the tests that check the packing around the kernel)."""
+    is PyTorch's varlen flash attention; elsewhere exact reference kernels: full attention one
+    note at a time (no mask at all), local attention blockwise over the packed sequence with
+    each note its own segment (`segments` = packed_segments and `mask` = its band_mask when
+    the caller keeps them for all layers)."""
     kernel = varlen_kernel()
     if kernel is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
         return kernel(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale,
                       window_size=(window, window) if window is not None else (-1, -1))
-    bounds = cu_seqlens.tolist()
-    if window is None:  # one SDPA call per note: no (tokens x tokens) mask across notes
+    if window is None:
+        bounds = cu_seqlens.tolist()
         return torch.cat([global_attention(q[None, a:b], k[None, a:b], v[None, a:b], None, scale)[0]
                           for a, b in zip(bounds[:-1], bounds[1:])])
-    total = q.shape[0]
-    padded = -(-total // block) * block
-    segments = torch.full((padded,), PADDING_SEGMENT, dtype=torch.long, device=q.device)
-    for note, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-        segments[a:b] = note
+    segments = packed_segments(cu_seqlens) if segments is None else segments
+    total, padded = q.shape[0], segments.shape[1]
     pad = (0, 0, 0, 0, 0, padded - total)
     out = blockwise_local_attention(F.pad(q, pad)[None], F.pad(k, pad)[None], F.pad(v, pad)[None],
-                                    segments[None], window, block, scale)
+                                    segments, window, BLOCK, scale, mask=mask)
     return out[0, :total]

@@ -24,9 +24,11 @@ from torch.utils.checkpoint import checkpoint
 from clem_icd.longcontext.attention import (
     BLOCK,
     PADDING_SEGMENT,
+    band_mask,
     blockwise_local_attention,
     global_attention,
     packed_attention,
+    packed_segments,
     varlen_kernel,
 )
 
@@ -42,19 +44,16 @@ def is_modernbert(model: nn.Module) -> bool:
 
 
 def choose_mode(model: nn.Module, requested: str = "auto") -> str:
-    """`auto`: packed where the varlen flash kernel runs (CUDA with fp16/bf16 weights or
-    autocast, a torch with varlen_attn's window_size), blockwise elsewhere (CPU; fp32 on any
-    device)."""
+    """`auto`: packed (no padding work at all; varlen flash attention on CUDA in fp16/bf16, the
+    exact reference kernels elsewhere), which measured as fast as blockwise on one note and 1.5x
+    faster on a mixed-length batch on CPU (docs/PERFORMANCE.md); blockwise when attention
+    dropout is on in training, which the varlen kernel does not do."""
+    dropout = model.training and getattr(model.config, "attention_dropout", 0.0) > 0
+    if requested == "packed" and dropout:
+        raise ValueError("attention 'packed' does not apply attention dropout: use 'blockwise' or 'auto'")
     if requested != "auto":
         return requested
-    weight = model.embeddings.tok_embeddings.weight
-    if weight.is_cuda and varlen_kernel() is not None:
-        half = weight.dtype in (torch.float16, torch.bfloat16)
-        autocast = torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") in (torch.float16,
-                                                                                              torch.bfloat16)
-        if half or autocast:
-            return "packed"
-    return "blockwise"
+    return "blockwise" if dropout else "packed"
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -70,20 +69,31 @@ def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 class _Attention:
-    """What one forward needs to run attention in its layout."""
+    """What one forward needs to run attention in its layout; the local layers' band mask is
+    built once, on first use, and shared by all of them."""
 
     def __init__(self, mode: str, window: int, *, segments=None, key_valid=None, cu_seqlens=None, max_seqlen=0):
         self.mode, self.window = mode, window
         self.segments, self.key_valid = segments, key_valid
         self.cu_seqlens, self.max_seqlen = cu_seqlens, max_seqlen
+        self.band = None
+
+    def _band(self) -> torch.Tensor:
+        if self.band is None:
+            if self.segments is None:
+                self.segments = packed_segments(self.cu_seqlens)
+            self.band = band_mask(self.segments, self.window, BLOCK)
+        return self.band
 
     def __call__(self, q, k, v, local: bool, scale: float, dropout: float) -> torch.Tensor:
         if self.mode == "packed":  # (1, total, heads, dim)
+            kernel = varlen_kernel() is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+            band = self._band() if local and not kernel else None
             out = packed_attention(q[0], k[0], v[0], self.cu_seqlens, self.max_seqlen,
-                                   self.window if local else None, scale)
+                                   self.window if local else None, scale, self.segments, band)
             return out[None]
         if local:
-            return blockwise_local_attention(q, k, v, self.segments, self.window, BLOCK, scale, dropout)
+            return blockwise_local_attention(q, k, v, self.segments, self.window, BLOCK, scale, dropout, self._band())
         return global_attention(q, k, v, self.key_valid, scale, dropout)
 
 

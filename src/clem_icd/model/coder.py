@@ -75,6 +75,8 @@ class ICDCoder(nn.Module):
         if config.attention in ("blockwise", "packed") and not is_modernbert(encoder):
             raise ClemError(f"attention '{config.attention}' needs a ModernBERT encoder; "
                             f"'{config.encoder}' is {encoder.config.model_type} (use auto or stock)")
+        if config.attention == "packed" and getattr(encoder.config, "attention_dropout", 0.0) > 0:
+            raise ClemError("attention 'packed' does not apply the encoder's attention dropout: use auto or blockwise")
         self.head = HEADS[config.head](encoder.config.hidden_size, len(config.codes), config.attention_dim)
 
     # ------------------------------------------------------------------ construction

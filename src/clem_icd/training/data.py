@@ -41,6 +41,24 @@ class CodedNotes(Dataset):
         return multi_hot(self.labels, self.num_labels)
 
 
+def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random | None,
+                           group: bool) -> list[list[int]]:
+    """Note indices cut into batches of batch_size: shuffled by `rng` (None: in order); with
+    `group`, sorted by length within mega-batches of 50 batches before the cut (little padding),
+    and the batches shuffled after it (else each mega-batch would run from its longest notes to
+    its shortest)."""
+    order = list(range(len(lengths)))
+    if rng is not None:
+        rng.shuffle(order)
+    if group:
+        mega = batch_size * 50
+        order = [i for s in range(0, len(order), mega) for i in sorted(order[s:s + mega], key=lambda i: -lengths[i])]
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    if rng is not None and group:
+        rng.shuffle(batches)
+    return batches
+
+
 class LengthGroupedBatches(Sampler[list[int]]):
     """Batches of notes of similar length (little padding), in random order each epoch.
 
@@ -56,18 +74,8 @@ class LengthGroupedBatches(Sampler[list[int]]):
         self.epoch = epoch
 
     def batches(self) -> list[list[int]]:
-        rng = random.Random(self.seed + self.epoch)
-        order = list(range(len(self.lengths)))
-        if self.shuffle:
-            rng.shuffle(order)
-        if self.group:
-            mega = self.batch_size * 50
-            order = [i for s in range(0, len(order), mega)
-                     for i in sorted(order[s:s + mega], key=lambda i: -self.lengths[i])]
-        batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
-        if self.shuffle:
-            rng.shuffle(batches)
-        return batches
+        rng = random.Random(self.seed + self.epoch) if self.shuffle else None
+        return length_grouped_batches(self.lengths, self.batch_size, rng, self.group)
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches())
@@ -131,17 +139,7 @@ class TokenBudgetBatches:
 
     def global_batches(self) -> list[list[int]]:
         """The epoch's global batches over all processes, in order."""
-        rng = random.Random(self.seed + self.epoch)
-        order = list(range(len(self.lengths)))
-        rng.shuffle(order)
-        if self.group:
-            mega = self.batch_size * 50
-            order = [i for s in range(0, len(order), mega)
-                     for i in sorted(order[s:s + mega], key=lambda i: -self.lengths[i])]
-        batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
-        if self.group:
-            rng.shuffle(batches)  # else each mega-batch would run from its longest notes to its shortest
-        return batches
+        return length_grouped_batches(self.lengths, self.batch_size, random.Random(self.seed + self.epoch), self.group)
 
     def steps(self) -> list[GlobalBatch]:
         """This process's micro-batches of each global batch of the epoch."""

@@ -128,7 +128,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         return [p.grad.clone() for p in model.parameters()]
 
     plain = gradients()
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     assert any(getattr(layer, "gradient_checkpointing", False) for layer in model.layers)
     for got, expected in zip(gradients(), plain):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

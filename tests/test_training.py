@@ -101,3 +101,22 @@ def test_train_refuses_dataset_without_val(tmp_path, run):
     docs.write_parquet(data / "documents.parquet")
     code, _, err = run("train", "--data", data, "--output", tmp_path / "m", "model.kind=tfidf")
     assert code == 2 and "val split" in err and len(err.strip().splitlines()) == 1
+
+
+def test_gradient_checkpointing_on_modernbert_trains_the_same_model(corpus, tmp_path, run):
+    """train.gradient_checkpointing on the fast ModernBERT path recomputes activations and
+    changes nothing else: one epoch, same seed, the same saved weights (within float noise)."""
+    from model_fixtures import tiny_modernbert
+    from safetensors.torch import load_file
+
+    weights = {}
+    for flag in ("false", "true"):
+        out = tmp_path / flag
+        code, _, err = run("train", "--data", corpus, "--output", out, *tiny_overrides(**{
+            "model.encoder_config": json.dumps(tiny_modernbert()), "model.chunk_size": 128,
+            "train.epochs": 1, "train.gradient_checkpointing": flag}))
+        assert code == 0, err
+        weights[flag] = load_file(str(out / "model.safetensors"))
+    assert weights["true"].keys() == weights["false"].keys()
+    for name, tensor in weights["false"].items():
+        np.testing.assert_allclose(weights["true"][name].numpy(), tensor.numpy(), rtol=0, atol=1e-5, err_msg=name)

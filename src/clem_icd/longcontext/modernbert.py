@@ -118,7 +118,7 @@ def _run_layers(model: nn.Module, hidden: torch.Tensor, position_ids: torch.Tens
         cos, sin = rotary[layer.attention_type]
         if getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled():
             # The layer's activations are recomputed in backward, as the stock layer does when
-            # gradient_checkpointing_enable() was called on the model.
+            # activation_checkpointing_enable() (formerly gradient_checkpointing_enable) was called.
             hidden = checkpoint(_layer_forward, layer, hidden, cos, sin, attend, use_reentrant=False)
         else:
             hidden = _layer_forward(layer, hidden, cos, sin, attend)

@@ -85,7 +85,10 @@ def train_coder(recipe: Recipe, dataset: PreparedDataset, output_dir: Path) -> d
         text_cleaning="edin2023" if dataset.manifest.get("options", {}).get("clean_text") else "none",
         code_systems=dataset.codes["system"].to_list(), descriptions=dataset.codes["description"].to_list()))
     if loop.gradient_checkpointing:
-        coder.encoder.gradient_checkpointing_enable()
+        # transformers 5 renamed it (the old name warns until v6); both set the layers' flag that
+        # clem_icd.longcontext honours too.
+        enable = getattr(coder.encoder, "activation_checkpointing_enable", None) or coder.encoder.gradient_checkpointing_enable
+        enable()
 
     with accelerator.main_process_first():
         train_set = CodedNotes(dataset.split("train"), codes, coder.tokenize)

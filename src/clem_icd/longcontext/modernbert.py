@@ -6,11 +6,11 @@ three layers only look 64 tokens either way. This forward runs the same layers (
 modules: embeddings, norms, Wqkv, Wo, MLP, rotary tables) and replaces only the attention:
 
 - `blockwise`: the batch padded to its longest note, rounded up to the block size; local
-  layers blockwise (kernels.blockwise_local_attention), global layers SDPA with a key mask.
+  layers blockwise (attention.blockwise_local_attention), global layers SDPA with a key mask.
 - `packed`: padding removed once; the notes of a batch run as one packed sequence with
   per-note positions and cu_seqlens; local and global layers through packed_attention (CUDA
   fp16/bf16: PyTorch's varlen flash attention, window (64, 64) on local layers); states are put
-  back into the padded layout at the end.
+  back into the padded layout at the end. What `auto` picks: choose_mode.
 
 Both equal the stock model on every real token (tests/test_longcontext.py).
 """

@@ -29,11 +29,10 @@ def _embedding_module(encoder: nn.Module) -> nn.Module:
     return module if isinstance(module, nn.Module) else encoder.get_input_embeddings()
 
 
-def _tokens_of_chunks(values: list[torch.Tensor], coder, mask: torch.Tensor) -> torch.Tensor:
+def _tokens_of_chunks(values: list[torch.Tensor], calls: list, mask: torch.Tensor) -> torch.Tensor:
     """Per encoder call, (chunks, width) values → (batch, tokens) in the layout of `mask`,
-    undoing the coder's chunking (coder.chunks says which token each position was)."""
+    undoing the coder's chunking (`calls` = coder.chunks(mask): which token each position was)."""
     batch, length = mask.shape
-    calls = coder.chunks(mask)
     out = values[0].new_zeros(batch * length)
     for call_values, (rows, columns, real) in zip(values, calls, strict=True):
         if call_values.shape != real.shape:
@@ -69,9 +68,10 @@ def token_attributions(coder, input_ids: torch.Tensor, mask: torch.Tensor, metho
             logits_t, attention = coder(input_ids, mask, return_attention=True)
     finally:
         handle.remove()
-    if len(captured) != len(coder.chunks(mask)):
+    calls = coder.chunks(mask)  # the encoder calls, once for every rank below
+    if len(captured) != len(calls):
         raise ClemError(f"gradient explanations: the encoder embedded {len(captured)} times for "
-                        f"{len(coder.chunks(mask))} chunk groups")
+                        f"{len(calls)} chunk groups")
     logits = logits_t.detach().float().cpu().numpy()
     chosen = [choose(b, logits[b]) for b in range(len(logits))]
     results: list[dict[int, np.ndarray]] = [{} for _ in chosen]
@@ -81,7 +81,7 @@ def token_attributions(coder, input_ids: torch.Tensor, mask: torch.Tensor, metho
         target = logits_t[rows, [chosen[b][k] for b in rows]].sum()
         gradients = torch.autograd.grad(target, captured, retain_graph=k < depth - 1)
         per_token = _tokens_of_chunks([(x.detach().float() * g.float()).norm(dim=-1)
-                                       for x, g in zip(captured, gradients)], coder, mask)
+                                       for x, g in zip(captured, gradients)], calls, mask)
         for b in rows:
             code = chosen[b][k]
             scores = per_token[b]

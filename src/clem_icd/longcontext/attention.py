@@ -95,6 +95,12 @@ def varlen_kernel():
     return varlen_attn if "window_size" in inspect.signature(varlen_attn).parameters else None
 
 
+def runs_varlen(q: torch.Tensor) -> bool:
+    """Whether packed_attention runs the varlen flash kernel for these queries (else the
+    reference kernels)."""
+    return varlen_kernel() is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+
+
 def packed_segments(cu_seqlens: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
     """(1, total rounded up to block) segment ids of packed notes: note n's tokens are n, the
     rounding is PADDING_SEGMENT."""
@@ -113,9 +119,8 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     note at a time (no mask at all), local attention blockwise over the packed sequence with
     each note its own segment (`segments` = packed_segments and `mask` = its band_mask when
     the caller keeps them for all layers)."""
-    kernel = varlen_kernel()
-    if kernel is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-        return kernel(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale,
+    if runs_varlen(q):
+        return varlen_kernel()(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale,
                       window_size=(window, window) if window is not None else (-1, -1))
     if window is None:
         bounds = cu_seqlens.tolist()

@@ -29,7 +29,7 @@ from clem_icd.longcontext.attention import (
     global_attention,
     packed_attention,
     packed_segments,
-    varlen_kernel,
+    runs_varlen,
 )
 
 MODES = ("auto", "blockwise", "packed")
@@ -87,8 +87,7 @@ class _Attention:
 
     def __call__(self, q, k, v, local: bool, scale: float, dropout: float) -> torch.Tensor:
         if self.mode == "packed":  # (1, total, heads, dim)
-            kernel = varlen_kernel() is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
-            band = self._band() if local and not kernel else None
+            band = self._band() if local and not runs_varlen(q) else None
             out = packed_attention(q[0], k[0], v[0], self.cu_seqlens, self.max_seqlen,
                                    self.window if local else None, scale, self.segments, band)
             return out[None]

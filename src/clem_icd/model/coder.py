@@ -169,13 +169,12 @@ class ICDCoder(nn.Module):
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Token states (batch, tokens, hidden) of right-padded notes, read in chunks of
         chunk_size (see `chunks`)."""
-        calls = self.chunks(attention_mask)
-        if len(calls) == 1 and calls[0][1].shape[1] == input_ids.shape[1]:
-            return self.encode_sequences(input_ids, attention_mask)
         batch, length = input_ids.shape
+        if length <= self.config.chunk_size:
+            return self.encode_sequences(input_ids, attention_mask)
         ids = nn.functional.pad(input_ids, (0, self.config.chunk_size), value=self.tokenizer.pad_token_id or 0)
         positions, states = [], []
-        for rows, columns, real in calls:
+        for rows, columns, real in self.chunks(attention_mask):
             chunk_states = self.encode_sequences(ids[rows, columns], real.long())
             positions.append((rows * length + columns)[real])
             states.append(chunk_states[real])

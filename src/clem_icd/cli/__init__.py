@@ -16,6 +16,7 @@ from clem_icd.cli import evaluate_evidence as evaluate_evidence_cli
 from clem_icd.cli import model as model_cli
 from clem_icd.cli import predict as predict_cli
 from clem_icd.cli import prepare as prepare_cli
+from clem_icd.cli import serve as serve_cli
 from clem_icd.errors import ClemError
 from clem_icd.progress import set_enabled
 from clem_icd.version import __version__
@@ -34,6 +35,7 @@ app.command("train")(model_cli.train)
 app.command("evaluate")(model_cli.evaluate)
 app.command("predict")(predict_cli.predict)
 app.command("evaluate-evidence")(evaluate_evidence_cli.evaluate_evidence)
+app.command("serve")(serve_cli.serve)
 app.command("demo")(model_cli.demo)
 app.command("recipes")(model_cli.recipes)
 

@@ -102,17 +102,28 @@ class NotePredictor:
 
     # ------------------------------------------------------------------ public
 
+    def encode(self, texts: list[str]) -> list[EncodedNote]:
+        """Tokenised notes (with character offsets), to hand to `predict` when a caller needs
+        their lengths first (the service's batcher budgets by tokens) without tokenising twice."""
+        return encode_notes(self.coder.tokenizer, texts, self.coder.config.text_cleaning)
+
+    def sequence_length(self, note: EncodedNote) -> int:
+        """Tokens of the longest window the model reads for an encoded note (specials included)."""
+        return len(self.prefix) + min(len(note.ids), self.capacity) + len(self.suffix)
+
     def probabilities(self, texts: list[str]) -> np.ndarray:
         """(len(texts), codes) probabilities, each code's maximum over a note's windows."""
-        notes = encode_notes(self.coder.tokenizer, texts, self.coder.config.text_cleaning)
+        notes = self.encode(texts)
         windows = self._windows(notes)
         pooled, _ = self._pool(len(notes), windows, self._score(notes, windows))
         return _sigmoid(pooled)
 
-    def predict(self, texts: list[str], codes: list[list[str]] | None = None) -> list[dict]:
+    def predict(self, texts: list[str], codes: list[list[str]] | None = None,
+                notes: list[EncodedNote] | None = None) -> list[dict]:
         """One result per text. `codes` (per text) replaces the threshold's choice: exactly
-        those codes are reported and explained (e.g. gold codes, for evaluating evidence)."""
-        notes = encode_notes(self.coder.tokenizer, texts, self.coder.config.text_cleaning)
+        those codes are reported and explained (e.g. gold codes, for evaluating evidence).
+        `notes`: the texts already encoded by `encode`."""
+        notes = self.encode(texts) if notes is None else notes
         requested = None if codes is None else self._code_indices(codes, len(texts))
         windows = self._windows(notes)
         explain = self.options.explain

@@ -1,0 +1,66 @@
+"""`clem-icd serve`: the HTTP service and the coder's review page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def serve(
+    model: Path = typer.Option(..., "--model", "-m", help="Trained model folder (CLEM-ICD or TF-IDF)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Any address other than "
+                             "loopback needs --token-file."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    token_file: Path = typer.Option(None, "--token-file", help="File holding the bearer token clients must "
+                                    "send (Authorization: Bearer <token>) to /v1/*; at least 16 characters."),
+    max_chars: int = typer.Option(100_000, "--max-chars", help="Longest note in characters (413 above)."),
+    max_notes: int = typer.Option(64, "--max-notes", help="Most notes in one request (413 above)."),
+    max_body_bytes: int = typer.Option(16 * 2**20, "--max-body-bytes", help="Largest request body in bytes, "
+                                       "chunked bodies included (413 above)."),
+    max_batch_notes: int = typer.Option(64, "--max-batch-notes", help="Most notes the worker codes in one pass "
+                                        "(from all waiting requests together)."),
+    max_batch_tokens: int = typer.Option(16_384, "--max-batch-tokens", help="Token budget of a forward pass: "
+                                         "notes x the longest one's tokens (e.g. two 8,192-token notes or 64 of "
+                                         "256). Also bounds what the worker takes in one pass. 0: batches of 8 "
+                                         "notes."),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="How long the oldest waiting request waits "
+                                      "for others to share its pass (a busy service batches without waiting)."),
+    queue_size: int = typer.Option(256, "--queue-size", help="Most notes waiting; a request that does not fit "
+                                   "gets 503 with Retry-After."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds a request may take, waiting included (504)."),
+    batching: bool = typer.Option(True, "--batching/--no-batching", help="Code concurrent requests together "
+                                  "(default) or each alone."),
+    drain_seconds: float = typer.Option(5.0, "--drain-seconds", help="After SIGTERM: report not ready but keep "
+                                        "serving this long, then shut down gracefully."),
+    cors_origin: list[str] = typer.Option(None, "--cors-origin", help="Allow browser pages from this origin "
+                                          "(repeatable). Default: none (CORS off)."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:1, ..."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the device runs it natively, "
+                                  "else fp32), fp32, bf16 or fp16."),
+    log_level: str = typer.Option("info", "--log-level", help="critical, error, warning, info or debug. Logs "
+                                  "never hold note text or ids at any level."),
+) -> None:
+    """Serve a trained model over HTTP: POST /v1/code, GET /v1/model, GET /v1/codes, /health/live,
+    /health/ready, /metrics, API docs at /docs, and the coder's review page at /. Needs the
+    'serve' extra (pip install 'clem-icd[serve]')."""
+    from clem_icd.errors import ClemError
+    from clem_icd.loading import model_type
+
+    try:
+        from clem_icd.serve.server import LOG_LEVELS
+        from clem_icd.serve.server import serve as run
+        from clem_icd.serve.settings import ServeSettings, read_token
+    except ImportError as exc:
+        raise ClemError(f"clem-icd serve needs the 'serve' extra: pip install 'clem-icd[serve]' ({exc.name} "
+                        "is missing)") from None
+    if log_level not in LOG_LEVELS:
+        raise ClemError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got '{log_level}'")
+    model_type(model)  # a folder that is no model stops here, before the server starts
+    settings = ServeSettings(
+        model=model, host=host, port=port, token=read_token(token_file) if token_file else None,
+        max_chars=max_chars, max_notes=max_notes, max_body_bytes=max_body_bytes, max_batch_notes=max_batch_notes,
+        max_batch_tokens=max_batch_tokens or None, max_wait_ms=max_wait_ms, queue_size=queue_size,
+        timeout_s=timeout, batching=batching, drain_s=drain_seconds, cors_origins=list(cors_origin or []),
+        device=device, precision=precision)
+    run(settings, log_level)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -57,3 +59,22 @@ def test_long_context_benchmark_runs_and_its_fast_paths_equal_stock(tmp_path):
         assert row["seconds"] > 0 and row["tokens"] > 0
         if row["system"] in ("today", "ours", "blockwise"):
             assert row["diff_hidden"] < 1e-5 and row["diff_logits"] < 1e-5, row
+
+
+def test_service_load_test_runs_bounded_and_reports_every_row(tmp_path, trigger_model):
+    from trigger_fixture import trigger_note
+
+    rng = np.random.default_rng(0)
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text("".join(json.dumps({"id": f"n{i}", "text": trigger_note(rng)[1]}) + "\n" for i in range(4)))
+    result = _benchmark("load_service.py", "--model", str(trigger_model), "--notes", str(notes), "--requests", "6",
+                        "--clients", "1", "3", "--json", str(tmp_path / "rows.json"), shared=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert [(r["batching"], r["explain"], r["clients"]) for r in rows] == [
+        (batching, explain, clients) for batching in (True, False) for explain in ("none", "attention")
+        for clients in (1, 3)]
+    assert all(r["503"] == 0 and r["other_errors"] == 0 and r["notes_per_s"] > 0 for r in rows)
+    assert all(r["mean_batch"] == 1.0 for r in rows if not r["batching"] or r["clients"] == 1)
+    assert all(r["p50_s"] <= r["p95_s"] <= r["p99_s"] for r in rows)
+    assert result.stdout.count("\n| on |") == 4 and result.stdout.count("\n| off |") == 4

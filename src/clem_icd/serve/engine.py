@@ -6,6 +6,7 @@ Runs in the inference worker's thread; nothing here knows about HTTP."""
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,9 @@ class CodingEngine:
         self.neural = hasattr(model, "tokenizer")
         self._predictors: dict[RequestOptions, object] = {}
         self._card: dict | None = None
+        # Requests tokenise in the server's thread pool; one at a time, since a fast tokenizer
+        # is not safe to share between threads (transformers may reset its truncation state).
+        self._tokenizing = threading.Lock()
 
     # ------------------------------------------------------------------ options
 
@@ -61,7 +65,8 @@ class CodingEngine:
         if not self.neural:
             return None, [1] * len(texts)
         predictor = self.predictor(RequestOptions())
-        notes = predictor.encode(texts)
+        with self._tokenizing:
+            notes = predictor.encode(texts)
         return notes, [predictor.sequence_length(note) for note in notes]
 
     def code(self, options: RequestOptions, texts: list[str], prepared: list | None) -> list[dict]:

@@ -175,10 +175,12 @@ def create_app(settings: ServeSettings, load=load_engine) -> FastAPI:
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     def engine_or_503() -> CodingEngine:
+        # While draining, requests are still coded: they were sent before the load balancer
+        # saw /health/ready turn 503, and the drain period exists to finish them.
         if state.failure:
             raise HTTPException(503, f"the model could not be loaded: {state.failure}")
-        if not state.serving:
-            raise unavailable("shutting down" if state.draining else "the model is loading", 5)
+        if not state.ready:
+            raise unavailable("the model is loading", 5)
         return state.engine
 
     # ------------------------------------------------------------------ health and the page

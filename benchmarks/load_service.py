@@ -37,8 +37,7 @@ from clem_icd.inference.inputs import NoteRecord, read_notes  # noqa: E402
 from clem_icd.inference.predictor import PredictOptions  # noqa: E402
 from clem_icd.inference.run import code_records  # noqa: E402
 from clem_icd.loading import load_model  # noqa: E402
-
-MAX_BATCH_TOKENS = 16_384
+from clem_icd.serve.settings import ServeSettings  # noqa: E402
 
 
 def load_texts(path: Path, count: int) -> list[str]:
@@ -48,9 +47,10 @@ def load_texts(path: Path, count: int) -> list[str]:
     return [records[i % len(records)].text for i in range(count)]
 
 
-def predict_rate(model_dir: Path, texts: list[str], explain: str | None) -> float:
-    """Notes/s of `predict`'s own loop (code_records) on the texts, model loaded beforehand."""
-    predictor = load_model(model_dir).note_predictor(PredictOptions(explain=explain, max_batch_tokens=MAX_BATCH_TOKENS))
+def predict_rate(model_dir: Path, texts: list[str], explain: str | None, budget: int) -> float:
+    """Notes/s of `predict`'s own loop (code_records) on the texts, model loaded beforehand,
+    batched by the service's token budget."""
+    predictor = load_model(model_dir).note_predictor(PredictOptions(explain=explain, max_batch_tokens=budget))
     records = [NoteRecord(str(i), text) for i, text in enumerate(texts)]
     list(code_records(predictor, records[:4]))  # warm-up, as the service's
     started = time.perf_counter()
@@ -64,11 +64,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(model_dir: Path, batching: bool) -> tuple[subprocess.Popen, str]:
+def start_service(model_dir: Path, batching: bool, budget: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "clem_icd.cli", "serve", "--model", str(model_dir), "--port", str(port),
                "--log-level", "warning", "--queue-size", "4096", "--timeout", "600",
-               "--max-batch-tokens", str(MAX_BATCH_TOKENS), "--batching" if batching else "--no-batching"]
+               "--max-batch-tokens", str(budget), "--batching" if batching else "--no-batching"]
     process = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -126,16 +126,19 @@ def main() -> None:
     parser.add_argument("--notes", type=Path, required=True, help="Notes (anything `predict` reads).")
     parser.add_argument("--requests", type=int, default=64, help="Requests per row (one note each).")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--max-batch-tokens", type=int, help="The service's and predict's token budget "
+                        "(default: the service's default for the device)")
     parser.add_argument("--json", type=Path, help="Also write the rows here.")
     args = parser.parse_args()
     require(args.model)
+    budget = args.max_batch_tokens or ServeSettings(model=args.model).max_batch_tokens
     texts = load_texts(args.notes, args.requests)
     explains = [None, "attention"]
 
-    baseline = {explain: predict_rate(args.model, texts, explain) for explain in explains}
+    baseline = {explain: predict_rate(args.model, texts, explain, budget) for explain in explains}
     rows = []
     for batching in (True, False):
-        process, url = start_service(args.model, batching)
+        process, url = start_service(args.model, batching, budget)
         try:
             for explain in explains:
                 asyncio.run(load(url, texts[:4], 2, explain))  # warm-up of this option set
@@ -159,7 +162,7 @@ def main() -> None:
         for row in rows:
             row.setdefault("peak_rss_mb", rss)
 
-    print(f"model {args.model}, {len(texts)} one-note requests per row; predict: "
+    print(f"model {args.model}, {len(texts)} one-note requests per row, --max-batch-tokens {budget}; predict: "
           + ", ".join(f"{rate:.1f} notes/s (explain {e or 'none'})" for e, rate in baseline.items()))
     print("| batching | explain | clients | notes/s | p50 s | p95 s | p99 s | mean batch | 503s | peak RSS MB "
           "| service/predict |")

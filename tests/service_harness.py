@@ -65,14 +65,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_cli_service(model: Path, *args: str) -> tuple[subprocess.Popen, str]:
-    """`clem-icd serve` in a subprocess on a free port; stderr (its logs) is kept for reading."""
+def start_cli_service(model: Path, log: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """`clem-icd serve` in a subprocess on a free port; its output (the logs) goes to `log` (a
+    file, not a pipe: an unread pipe fills up and stalls the server)."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "clem_icd.cli", "serve", "--model", str(model),
-                                "--port", str(port), *args],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "clem_icd.cli", "serve", "--model", str(model),
+                                    "--port", str(port), *args], stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, env=env)
     return process, f"http://127.0.0.1:{port}"
+
+
+def wait_process_ready(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Wait for `/health/ready`; a service that exits first fails with the end of its log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"clem-icd serve exited with status {process.returncode}:\n"
+                               f"{log.read_text(errors='replace')[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} was not ready in {timeout} s:\n{log.read_text(errors='replace')[-3000:]}")
 
 
 def slow_loader(delay_s: float, gate: threading.Event | None = None):

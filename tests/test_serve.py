@@ -17,7 +17,13 @@ import numpy as np
 import pytest
 import torch
 from model_fixtures import minilm_path, tiny_modernbert
-from service_harness import ThreadedService, slow_loader, start_cli_service, wait_ready
+from service_harness import (
+    ThreadedService,
+    slow_loader,
+    start_cli_service,
+    wait_process_ready,
+    wait_ready,
+)
 from trigger_fixture import trigger_note
 
 from clem_icd.inference import fhir
@@ -250,7 +256,7 @@ def test_64_concurrent_notes_are_batched_and_coded_as_alone(modernbert_dir, expl
     texts = [" ".join(rng.choice(words, size=int(rng.integers(5, 300)))) for _ in range(64)]
     predictor = NotePredictor(load_model(modernbert_dir), PredictOptions(explain=explain))
     alone = [predictor.predict([text])[0] for text in texts]
-    with ThreadedService(settings(modernbert_dir, max_wait_ms=50)) as url:
+    with ThreadedService(settings(modernbert_dir, max_wait_ms=50, max_batch_tokens=16_384)) as url:
         responses = asyncio.run(_concurrently(url, [{"notes": [{"id": f"n{i}", "text": t}], "explain": explain}
                                                     for i, t in enumerate(texts)]))
         passes = metric(url, "clem_icd_batch_notes_count")
@@ -303,10 +309,11 @@ def test_a_model_that_fails_to_load_is_never_ready(tmp_path):
 def test_sigterm_drains_and_no_log_line_holds_note_text_or_id(trigger_model, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
-    process, url = start_cli_service(trigger_model, "--token-file", str(token_file), "--log-level", "debug",
+    log = tmp_path / "serve.log"
+    process, url = start_cli_service(trigger_model, log, "--token-file", str(token_file), "--log-level", "debug",
                                      "--drain-seconds", "2", "--max-chars", "5000")
     try:
-        wait_ready(url)
+        wait_process_ready(url, process, log)
         text = f"Patient {MARKER} admitted. " + notes(1)[0]["text"]
         for body in ({"notes": [{"id": MARKER, "text": text}], "explain": "attention"},
                      {"notes": [{"id": MARKER, "text": text}], "format": "fhir"},
@@ -325,7 +332,7 @@ def test_sigterm_drains_and_no_log_line_holds_note_text_or_id(trigger_model, tmp
         assert process.wait(timeout=30) == -signal.SIGTERM
     finally:
         process.kill()
-    logs = process.stderr.read()
+    logs = log.read_text()
     assert "DEBUG" in logs and "access:" in logs and "coded 1 note(s)" in logs and "SIGTERM: not ready" in logs
     assert "Application shutdown complete" in logs
     assert MARKER not in logs

@@ -71,14 +71,9 @@ class ServiceState:
 
 def load_engine(settings: ServeSettings) -> CodingEngine:
     """Load the model and code one warm-up note (in the inference thread)."""
-    import torch
-
     from clem_icd.loading import load_model
 
-    device = settings.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    engine = CodingEngine(load_model(settings.model, device=device), settings.model,
+    engine = CodingEngine(load_model(settings.model, device=settings.device), settings.model,
                           max_batch_tokens=settings.max_batch_tokens, precision=settings.precision)
     texts = [WARM_UP_TEXT]
     prepared, _ = engine.prepare(texts)
@@ -102,7 +97,7 @@ def create_app(settings: ServeSettings, load=load_engine) -> FastAPI:
         state.last_pass_seconds = stats.seconds
         log.info("coded %d note(s) of %d request(s) in %.3f s", stats.notes, stats.requests, stats.seconds)
 
-    batcher = MicroBatcher(run_pass, max_notes=settings.max_batch_notes, max_tokens=settings.max_batch_tokens,
+    batcher = MicroBatcher(run_pass, max_notes=settings.max_batch_notes, max_tokens=settings.max_pass_tokens,
                            max_wait_s=settings.max_wait_ms / 1000, queue_notes=settings.queue_size,
                            batching=settings.batching, on_pass=on_pass)
     metrics.queue_notes.set_function(lambda: batcher.depth)

@@ -5,10 +5,11 @@ pass, not eight.
 The worker takes the oldest request, then waits at most `max_wait_s` from that request's arrival
 for more (a request that arrives while a pass runs has already waited, so a busy service batches
 without adding delay), and takes further requests with the same options, in arrival order, while
-the pass stays within the note budget and the token budget (notes x longest note, the rule
-`token_budget_batches` batches by). The predictor then sorts the pass by length and codes it as
-`clem-icd predict` would. Every note is coded exactly as alone: the coder is padding-invariant
-(each note attends only to its own tokens).
+the pass stays within the note budget and the token budget (the tokens of all its notes). The
+predictor then sorts the pass by length and codes it as `clem-icd predict` codes a block: in
+forward batches of similar length within the forward budget (`max_batch_tokens`), so a pass of
+many notes wastes little on padding. Every note is coded exactly as alone: the coder is
+padding-invariant (each note attends only to its own tokens).
 
 - A full queue (in notes) is refused at once with `QueueFull`: the service answers 503.
 - A request whose client has gone, or whose time ran out, is abandoned: taken out of the queue if
@@ -56,7 +57,7 @@ class MicroBatcher:
     item. `batching=False` codes each request alone (for comparison in benchmarks)."""
 
     def __init__(self, run_pass: Callable[[Hashable, list], list], *, max_notes: int,
-                 max_tokens: int | None, max_wait_s: float, queue_notes: int, batching: bool = True,
+                 max_tokens: int, max_wait_s: float, queue_notes: int, batching: bool = True,
                  on_pass: Callable[[PassStats], None] | None = None):
         self.run_pass = run_pass
         self.max_notes = max_notes
@@ -70,6 +71,7 @@ class MicroBatcher:
         self._arrival = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clem-icd-inference")
         self._worker: asyncio.Task | None = None
+        self._running = False  # a pass is being coded
 
     @property
     def depth(self) -> int:
@@ -80,8 +82,8 @@ class MicroBatcher:
         self._worker = asyncio.get_running_loop().create_task(self._work())
 
     async def stop(self) -> None:
-        """Finish what is queued, then stop the worker."""
-        while self._queue:
+        """Finish what is queued and the pass that runs, then stop the worker."""
+        while self._queue or self._running:
             await asyncio.sleep(0.01)
         if self._worker is not None:
             self._worker.cancel()
@@ -123,6 +125,7 @@ class MicroBatcher:
                 continue
             items = [item for job in jobs for item in job.items]
             started = time.perf_counter()
+            self._running = True
             try:
                 results = await loop.run_in_executor(self._executor, self.run_pass, jobs[0].key, items)
             except Exception as exc:  # noqa: BLE001 - every waiting request must hear of it
@@ -130,6 +133,8 @@ class MicroBatcher:
                     if not job.future.done():
                         job.future.set_exception(exc)
                 continue
+            finally:
+                self._running = False
             if self.on_pass:
                 self.on_pass(PassStats(len(items), len(jobs), time.perf_counter() - started))
             offset = 0
@@ -150,29 +155,27 @@ class MicroBatcher:
             except TimeoutError:
                 break
 
-    def _fits(self, notes: int, longest: int) -> bool:
-        return notes <= self.max_notes and (self.max_tokens is None or notes * longest <= self.max_tokens)
+    def _fits(self, notes: int, tokens: int) -> bool:
+        return notes <= self.max_notes and tokens <= self.max_tokens
 
     def _budget_full(self) -> bool:
-        notes = sum(len(job.items) for job in self._queue)
-        longest = max(max(job.lengths, default=0) for job in self._queue)
-        return not self._fits(notes, longest)
+        return not self._fits(sum(len(job.items) for job in self._queue),
+                              sum(sum(job.lengths) for job in self._queue))
 
     def _take(self) -> list[Job]:
         """The oldest job, then later ones with its key while the pass stays within budget. The
         oldest is always taken, even if it alone is over budget (the predictor then splits it
         into several forward batches)."""
         first = self._queue.popleft()
-        taken, notes, longest = [first], len(first.items), max(first.lengths, default=0)
+        taken, notes, tokens = [first], len(first.items), sum(first.lengths)
         if self.batching:
             for job in list(self._queue):
                 if job.key != first.key:
                     continue
-                grown_notes, grown_longest = notes + len(job.items), max(longest, max(job.lengths, default=0))
-                if not self._fits(grown_notes, grown_longest):
+                if not self._fits(notes + len(job.items), tokens + sum(job.lengths)):
                     break
                 self._queue.remove(job)
                 taken.append(job)
-                notes, longest = grown_notes, grown_longest
+                notes, tokens = notes + len(job.items), tokens + sum(job.lengths)
         self._waiting -= sum(len(job.items) for job in taken)
         return taken

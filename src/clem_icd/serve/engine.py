@@ -105,7 +105,9 @@ class CodingEngine:
     def _read_card(self) -> dict:
         if self.neural:
             config = self.model.config
-            kind = {"encoder": config.encoder, "head": config.head, "max_length": config.max_length,
+            # A local encoder folder is shown by its name: clients need not learn the server's paths.
+            encoder = Path(config.encoder).name if Path(config.encoder).exists() else config.encoder
+            kind = {"encoder": encoder, "head": config.head, "max_length": config.max_length,
                     "chunk_size": config.chunk_size}
         else:
             kind = {"encoder": "tfidf", "head": "logistic regression", "max_length": None, "chunk_size": None}

@@ -18,12 +18,15 @@ def serve(
     max_notes: int = typer.Option(64, "--max-notes", help="Most notes in one request (413 above)."),
     max_body_bytes: int = typer.Option(16 * 2**20, "--max-body-bytes", help="Largest request body in bytes, "
                                        "chunked bodies included (413 above)."),
-    max_batch_notes: int = typer.Option(64, "--max-batch-notes", help="Most notes the worker codes in one pass "
-                                        "(from all waiting requests together)."),
-    max_batch_tokens: int = typer.Option(16_384, "--max-batch-tokens", help="Token budget of a forward pass: "
-                                         "notes x the longest one's tokens (e.g. two 8,192-token notes or 64 of "
-                                         "256). Also bounds what the worker takes in one pass. 0: batches of 8 "
-                                         "notes."),
+    max_batch_notes: int = typer.Option(64, "--max-batch-notes", help="Most notes the worker takes into one "
+                                        "inference pass (from all waiting requests together)."),
+    max_pass_tokens: int = typer.Option(65_536, "--max-pass-tokens", help="Most tokens (all notes together) the "
+                                        "worker takes into one inference pass; bounds how long a pass keeps its "
+                                        "first requests waiting."),
+    max_batch_tokens: int = typer.Option(None, "--max-batch-tokens", help="Token budget of a forward batch within "
+                                         "a pass: notes x the longest one's tokens (a pass is sorted by length "
+                                         "first). Default: 2,048 on CPU (small batches are fastest there), 16,384 "
+                                         "on GPU (e.g. two 8,192-token notes or 64 of 256)."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="How long the oldest waiting request waits "
                                       "for others to share its pass (a busy service batches without waiting)."),
     queue_size: int = typer.Option(256, "--queue-size", help="Most notes waiting; a request that does not fit "
@@ -60,7 +63,8 @@ def serve(
     settings = ServeSettings(
         model=model, host=host, port=port, token=read_token(token_file) if token_file else None,
         max_chars=max_chars, max_notes=max_notes, max_body_bytes=max_body_bytes, max_batch_notes=max_batch_notes,
-        max_batch_tokens=max_batch_tokens or None, max_wait_ms=max_wait_ms, queue_size=queue_size,
+        max_pass_tokens=max_pass_tokens,
+        max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, queue_size=queue_size,
         timeout_s=timeout, batching=batching, drain_s=drain_seconds, cors_origins=list(cors_origin or []),
         device=device, precision=precision)
     run(settings, log_level)

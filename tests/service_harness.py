@@ -47,18 +47,6 @@ class ThreadedService:
         self.thread.join(timeout=30)
 
 
-def wait_ready(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} did not become ready in {timeout} s")
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -77,20 +65,23 @@ def start_cli_service(model: Path, log: Path, *args: str) -> tuple[subprocess.Po
     return process, f"http://127.0.0.1:{port}"
 
 
-def wait_process_ready(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    """Wait for `/health/ready`; a service that exits first fails with the end of its log."""
+def wait_ready(url: str, process: subprocess.Popen | None = None, log: Path | None = None,
+               timeout: float = 120) -> None:
+    """Wait for `/health/ready`; a service `process` that exits first fails with the end of its `log`."""
+    def tail() -> str:
+        return log.read_text(errors="replace")[-3000:] if log else ""
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"clem-icd serve exited with status {process.returncode}:\n"
-                               f"{log.read_text(errors='replace')[-3000:]}")
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"clem-icd serve exited with status {process.returncode}:\n{tail()}")
         try:
             if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} was not ready in {timeout} s:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} was not ready in {timeout} s:\n{tail()}")
 
 
 def slow_loader(delay_s: float, gate: threading.Event | None = None):

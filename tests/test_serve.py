@@ -21,7 +21,6 @@ from service_harness import (
     ThreadedService,
     slow_loader,
     start_cli_service,
-    wait_process_ready,
     wait_ready,
 )
 from trigger_fixture import trigger_note
@@ -313,7 +312,7 @@ def test_sigterm_drains_and_no_log_line_holds_note_text_or_id(trigger_model, tmp
     process, url = start_cli_service(trigger_model, log, "--token-file", str(token_file), "--log-level", "debug",
                                      "--drain-seconds", "2", "--max-chars", "5000")
     try:
-        wait_process_ready(url, process, log)
+        wait_ready(url, process, log)
         text = f"Patient {MARKER} admitted. " + notes(1)[0]["text"]
         for body in ({"notes": [{"id": MARKER, "text": text}], "explain": "attention"},
                      {"notes": [{"id": MARKER, "text": text}], "format": "fhir"},

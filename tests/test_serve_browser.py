@@ -64,7 +64,7 @@ def service(trigger_model, tmp_path_factory):
     """`clem-icd serve` with a token file on a free loopback port; its base URL."""
     if MISSING:
         pytest.fail(f"under CI=true the browser test must run: {MISSING}")
-    from service_harness import start_cli_service, wait_process_ready
+    from service_harness import start_cli_service, wait_ready
 
     folder = tmp_path_factory.mktemp("serve-page")
     token_file = folder / "token"
@@ -74,7 +74,7 @@ def service(trigger_model, tmp_path_factory):
     process, url = start_cli_service(trigger_model, log, "--host", "127.0.0.1", "--token-file", str(token_file),
                                      "--max-wait-ms", "5", "--drain-seconds", "0")
     try:
-        wait_process_ready(url, process, log)
+        wait_ready(url, process, log)
         yield url
     finally:
         process.terminate()

@@ -153,6 +153,21 @@ def test_code_search_ranks_code_then_prefix_then_words():
     assert index.search("  ", 10) == [] and index.search("asthma", 10) == []
 
 
+def test_a_tfidf_model_is_served_without_evidence(tmp_path):
+    from clem_icd.baselines.tfidf import TfidfCoder
+
+    texts = ["hypertension noted", "pneumonia on x-ray", "hypertension and pneumonia", "nothing"] * 3
+    labels = [["I10"], ["J18.9"], ["I10", "J18.9"], []] * 3
+    TfidfCoder.fit(texts, labels, ["I10", "J18.9"]).save_pretrained(tmp_path / "tfidf")
+    with ThreadedService(settings(tmp_path / "tfidf")) as url:
+        note = [{"id": "a", "text": "known hypertension"}]
+        result = post(url, {"notes": note, "threshold": 0.0, "top_k": 1}, token=None).json()["results"][0]
+        assert result["codes"][0]["code"] == "I10" and result["truncated"] is False
+        refused = post(url, {"notes": note, "explain": "attention"}, token=None)
+        assert refused.status_code == 422 and "TF-IDF" in refused.json()["detail"]
+        assert httpx.get(f"{url}/v1/model").json()["explain_methods"] == []
+
+
 # ------------------------------------------------------------------------- tokens and limits
 
 def test_token_is_required_on_the_api_only(service):

@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from clem_icd.cli import options
+
 console = Console(stderr=True, soft_wrap=True)
 
 EXIT_SOME_FAILED = 3
@@ -55,9 +57,8 @@ def predict(
     evidence_words: int = typer.Option(10, "--evidence-words", help="At most this many evidence words "
                                        "per code (adjacent words merge into one span)."),
     max_spans: int = typer.Option(5, "--max-spans", help="At most this many evidence spans per code."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:1, ..."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the device runs it "
-                                  "natively, else fp32), fp32, bf16 or fp16."),
+    device: str = options.DEVICE,
+    precision: str = options.PRECISION,
 ) -> None:
     """Code notes: each note gets its codes with system, description, probability and, with
     --explain, evidence spans {start, end, score, text}: character offsets into the note as given

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from clem_icd.cli import options
+
 
 def serve(
     model: Path = typer.Option(..., "--model", "-m", help="Trained model folder (CLEM-ICD or TF-IDF)."),
@@ -38,9 +40,8 @@ def serve(
                                         "serving this long, then shut down gracefully."),
     cors_origin: list[str] = typer.Option(None, "--cors-origin", help="Allow browser pages from this origin "
                                           "(repeatable). Default: none (CORS off)."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:1, ..."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the device runs it natively, "
-                                  "else fp32), fp32, bf16 or fp16."),
+    device: str = options.DEVICE,
+    precision: str = options.PRECISION,
     log_level: str = typer.Option("info", "--log-level", help="critical, error, warning, info or debug. Logs "
                                   "never hold note text or ids at any level."),
 ) -> None:

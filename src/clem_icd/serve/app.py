@@ -161,7 +161,7 @@ def create_app(settings: ServeSettings, load=load_engine) -> FastAPI:
     bearer = HTTPBearer(auto_error=False, description="The token in the file given to --token-file.")
     expected = settings.token.encode() if settings.token is not None else None
 
-    def authorized(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    async def authorized(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if expected is None:
             return
         given = credentials.credentials.encode() if credentials is not None else b""

@@ -122,7 +122,7 @@ def test_bad_records_get_errors_and_the_others_are_coded(model_dir, tmp_path, ru
         (None, "not valid UTF-8 (byte 43)"),
         (None, "missing id"),
         ("c3", "not valid UTF-8"),
-        (None, "no column 'id' in the header (columns: note_id, body)"),
+        (None, "no column 'id' in the header (the header has 2 column(s))"),
     }
     located = [r["error"] for r in records if "error" in r]
     assert any(e.startswith(f"{jsonl}, line 2") for e in located) and any(e.startswith(f"{csv}, row 2") for e in located)

@@ -108,8 +108,10 @@ def read_split(folder: Path, split: str, language: str, tasks: list[str],
                 raise ClemError(f"{where(tsv, number)}: document '{doc_id}' has no text file in {text_dir}")
             try:
                 code = normalize_code(raw, TASKS[task])
-            except ValueError as exc:
-                raise ClemError(f"{where(tsv, number)}: {exc}") from None
+            except ValueError as exc:  # its message quotes the value: shown only if short, one token
+                shown = str(exc) if len(raw) <= 10 and len(raw.split()) == 1 else (
+                    f"a value of {len(raw)} characters is not a well-formed {TASKS[task].value} code")
+                raise ClemError(f"{where(tsv, number)}: {shown}") from None
             # Canonical CM codes longer than 3 characters are dotted and PCS codes never, so
             # only a 3-character code could be in both files; it would be an ambiguous label.
             if code_systems.setdefault(code, TASKS[task]) is not TASKS[task]:

@@ -115,7 +115,7 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # also a >4300-digit number or deeply nested arrays
             raise ClemError(f"{where(path, number)}: not valid JSON") from None
         if not isinstance(record, dict):
             raise ClemError(f"{where(path, number)}: expected a JSON object")
@@ -182,6 +182,10 @@ class CustomReader:
             raise ClemError(f"{self._where(number, self.columns.text)}: missing or not a string")
         if not value.strip():
             raise ClemError(f"{self._where(number, self.columns.text)}: empty text")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a JSON "\ud800" escape: a lone surrogate, Parquet cannot store it
+            raise ClemError(f"{self._where(number, self.columns.text)}: not valid Unicode (lone surrogate)") from None
         return value
 
     def _split(self, number: int, value) -> str | None:

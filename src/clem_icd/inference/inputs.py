@@ -21,6 +21,7 @@ import csv
 import gzip
 import json
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from clem_icd.errors import ClemError
 
 TABLE_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 _BINARY_PROBE = 8192
+_MAX_FIELD = 1 << 30  # characters in one CSV field
 
 
 @dataclass
@@ -88,7 +90,7 @@ def _jsonl_lines(lines: Iterator[bytes], name: str, id_field: str, text_field: s
         except UnicodeDecodeError as exc:
             yield NoteRecord(None, error=f"{where}: not valid UTF-8 (byte {exc.start})")
             continue
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # also a >4300-digit number or deeply nested arrays
             yield NoteRecord(None, error=f"{where}: not valid JSON")
             continue
         if not isinstance(item, dict):
@@ -104,6 +106,8 @@ def _jsonl_lines(lines: Iterator[bytes], name: str, id_field: str, text_field: s
             yield NoteRecord(record_id, error=f"{where}: missing field '{text_field}'")
         elif not isinstance(item[text_field], str):
             yield NoteRecord(record_id, error=f"{where}, field '{text_field}': not a string")
+        elif not _is_utf8(item[text_field]):  # a "\ud800" escape: no tokenizer can take it
+            yield NoteRecord(record_id, error=f"{where}, field '{text_field}': not valid Unicode")
         else:
             yield _checked(record_id, item[text_field], f"{where}, field '{text_field}'")
 
@@ -123,6 +127,8 @@ def _delimited(path: Path, delimiter: str, id_field: str, text_field: str) -> It
     # Lines are decoded with surrogateescape so that one bad byte spoils only its own row.
     import io
 
+    # A long note is no error: csv's default limit on a field is only 128 KiB.
+    csv.field_size_limit(max(csv.field_size_limit(), _MAX_FIELD))
     with io.TextIOWrapper(_open_bytes(path), encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         header = next(reader, None)
@@ -131,8 +137,9 @@ def _delimited(path: Path, delimiter: str, id_field: str, text_field: str) -> It
             return
         missing = [f for f in (id_field, text_field) if f not in header]
         if missing:
+            # only a count: without a header row, the "column names" are the first note's text
             yield NoteRecord(None, error=f"{path}: no column '{missing[0]}' in the header "
-                                         f"(columns: {', '.join(h[:40] for h in header[:20])})")
+                                         f"(the header has {len(header)} column(s))")
             return
         id_at, text_at = header.index(id_field), header.index(text_field)
         for number, row in enumerate(reader, start=1):
@@ -219,15 +226,20 @@ def _records_of(path: str, id_field: str, text_field: str, stdin) -> Iterator[No
     if not source.exists():
         raise ClemError(f"{source}: no such file or folder")
     kind = _kind(source)
-    if kind == "jsonl":
-        with _open_bytes(source) as handle:
-            yield from _jsonl_lines(handle, str(source), id_field, text_field)
-    elif kind in ("csv", "tsv"):
-        yield from _delimited(source, "," if kind == "csv" else "\t", id_field, text_field)
-    elif kind == "parquet":
-        yield from _parquet(source, id_field, text_field)
-    else:
-        yield _text_file(source, _note_id(source))
+    try:
+        if kind == "jsonl":
+            with _open_bytes(source) as handle:
+                yield from _jsonl_lines(handle, str(source), id_field, text_field)
+        elif kind in ("csv", "tsv"):
+            yield from _delimited(source, "," if kind == "csv" else "\t", id_field, text_field)
+        elif kind == "parquet":
+            yield from _parquet(source, id_field, text_field)
+        else:
+            yield _text_file(source, _note_id(source))
+    except (OSError, EOFError, zlib.error):  # a corrupt or truncated .gz archive, found mid-read
+        yield NoteRecord(None, error=f"{source}: cannot read the rest of the file (corrupt or truncated)")
+    except csv.Error as exc:  # the parser's message is about the row, never quotes it
+        yield NoteRecord(None, error=f"{source}: malformed {kind.upper()} ({exc})")
 
 
 def read_notes(inputs: list[str], *, id_field: str = "id", text_field: str = "text",

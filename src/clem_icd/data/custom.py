@@ -31,6 +31,7 @@ from clem_icd.codes import CodeDictionary, CodeSystem, guess_icd10_system, norma
 from clem_icd.data.dataset import DatasetWriter, Prepared, canonical_split, input_record
 from clem_icd.data.io import decode_utf8, require_columns
 from clem_icd.data.split import SPLIT_METHOD, stratified_split
+from clem_icd.data.text import is_encodable
 from clem_icd.errors import ClemError, where
 
 INPUT_FORMAT_BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
@@ -182,10 +183,8 @@ class CustomReader:
             raise ClemError(f"{self._where(number, self.columns.text)}: missing or not a string")
         if not value.strip():
             raise ClemError(f"{self._where(number, self.columns.text)}: empty text")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:  # a JSON "\ud800" escape: a lone surrogate, Parquet cannot store it
-            raise ClemError(f"{self._where(number, self.columns.text)}: not valid Unicode (lone surrogate)") from None
+        if not is_encodable(value):  # a JSON "\ud800" escape: a lone surrogate, Parquet cannot store it
+            raise ClemError(f"{self._where(number, self.columns.text)}: not valid Unicode (lone surrogate)")
         return value
 
     def _split(self, number: int, value) -> str | None:

@@ -70,3 +70,13 @@ def clean_text_with_offsets(text: str) -> tuple[str, list[int]]:
     start = len(cleaned) - len(cleaned.lstrip())
     end = len(cleaned.rstrip())
     return cleaned[start:end], origin[start:end]
+
+
+def is_encodable(text: str) -> bool:
+    """False for a string holding a lone surrogate (e.g. from a JSON "\\ud800" escape or bytes
+    decoded with surrogateescape): neither a tokenizer nor Parquet can take it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

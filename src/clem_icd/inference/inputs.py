@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from clem_icd.data.text import is_encodable
 from clem_icd.errors import ClemError
 
 TABLE_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
@@ -106,7 +107,7 @@ def _jsonl_lines(lines: Iterator[bytes], name: str, id_field: str, text_field: s
             yield NoteRecord(record_id, error=f"{where}: missing field '{text_field}'")
         elif not isinstance(item[text_field], str):
             yield NoteRecord(record_id, error=f"{where}, field '{text_field}': not a string")
-        elif not _is_utf8(item[text_field]):  # a "\ud800" escape: no tokenizer can take it
+        elif not is_encodable(item[text_field]):  # a "\ud800" escape: no tokenizer can take it
             yield NoteRecord(record_id, error=f"{where}, field '{text_field}': not valid Unicode")
         else:
             yield _checked(record_id, item[text_field], f"{where}, field '{text_field}'")
@@ -152,18 +153,10 @@ def _delimited(path: Path, delimiter: str, id_field: str, text_field: str) -> It
                 yield NoteRecord(None, error=error)
                 continue
             text = row[text_at]
-            if not _is_utf8(record_id) or not _is_utf8(text):
-                yield NoteRecord(record_id if _is_utf8(record_id) else None, error=f"{where}: not valid UTF-8")
+            if not is_encodable(record_id) or not is_encodable(text):
+                yield NoteRecord(record_id if is_encodable(record_id) else None, error=f"{where}: not valid UTF-8")
                 continue
             yield _checked(record_id, text, f"{where}, field '{text_field}'")
-
-
-def _is_utf8(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _parquet(path: Path, id_field: str, text_field: str) -> Iterator[NoteRecord]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -23,6 +24,12 @@ _enabled = True
 def set_enabled(enabled: bool) -> None:
     global _enabled
     _enabled = enabled
+
+
+def warn(message: str) -> None:
+    """One line on stderr, shown even without progress bars (--quiet): something the user must
+    know, that does not stop the work."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 @contextmanager

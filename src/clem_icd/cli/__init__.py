@@ -32,6 +32,7 @@ app = typer.Typer(
 app.add_typer(prepare_cli.app, name="prepare")
 app.add_typer(data_cli.app, name="data")
 app.command("train")(model_cli.train)
+app.command("tokenize")(model_cli.tokenize)
 app.command("evaluate")(model_cli.evaluate)
 app.command("predict")(predict_cli.predict)
 app.command("evaluate-evidence")(evaluate_evidence_cli.evaluate_evidence)
@@ -59,7 +60,7 @@ def main() -> None:
     """Entry point: user errors become one line on stderr and exit status 2; unexpected errors
     print only their type (their message could quote note text) unless CLEM_ICD_DEBUG=1."""
     try:
-        app()
+        app(args=model_cli.bare_resume(sys.argv[1:]))
     except ClemError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

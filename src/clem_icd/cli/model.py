@@ -9,6 +9,19 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console(stderr=True, soft_wrap=True)
+RESUME_LATEST = "\0latest"  # what a bare --resume becomes (bare_resume): no path is spelt so
+
+
+def bare_resume(args: list[str]) -> list[str]:
+    """`--resume` takes an optional value, which click options cannot: a `--resume` that is last,
+    or followed by another option or a section.key=value override, gets RESUME_LATEST."""
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        following = args[i + 1] if i + 1 < len(args) else None
+        if arg == "--resume" and (following is None or following.startswith("-") or "=" in following):
+            out.append(RESUME_LATEST)
+    return out
 
 
 def train(
@@ -21,18 +34,62 @@ def train(
                                 "metrics.jsonl (per epoch) and metrics.json."),
     overrides: list[str] = typer.Argument(None, metavar="[SECTION.KEY=VALUE]...", help="Override recipe "
                                           "keys, e.g. optim.learning_rate=3e-5 train.epochs=5 model.head=cross."),
+    resume: str = typer.Option(None, "--resume", metavar="[PATH]",
+                               help="Continue an interrupted training: from the newest usable checkpoint in "
+                               "the output folder (starting afresh if there is none), or from checkpoint "
+                               "folder PATH. The recipe must be the same."),
 ) -> None:
     """Train a coder (or the TF-IDF baseline: a recipe with model.kind tfidf). Multi-GPU / multi-node:
-    `accelerate launch -m clem_icd.cli train ...` (DDP, FSDP or DeepSpeed from your accelerate config)."""
+    `accelerate launch -m clem_icd.cli train ...` (DDP, FSDP or DeepSpeed from your accelerate config,
+    docs/distributed.md)."""
     from clem_icd.training.recipe import load_recipe
     from clem_icd.training.trainer import train as run_training
 
-    metrics = run_training(load_recipe(config, overrides or []), data, output)
+    resume_from = False if resume is None else True if resume == RESUME_LATEST else Path(resume)
+    metrics = run_training(load_recipe(config, overrides or []), data, output, resume=resume_from)
     if metrics:
         val = metrics.get("val", {})
         console.print(f"[green]saved[/] {output}: val micro-F1 {100 * val.get('f1_micro', 0):.1f}, "
                       f"macro-F1 {100 * val.get('f1_macro', 0):.1f}, mAP {100 * val.get('map', 0):.1f} "
                       f"at threshold {metrics.get('threshold', 0.5):.2f}")
+
+
+def tokenize(
+    config: str = typer.Option(None, "--config", "-c", help="Recipe whose model section names the tokenizer "
+                               "(model.encoder / model.tokenizer) and model.max_length."),
+    data: Path = typer.Option(..., "--data", help="Prepared dataset folder (clem-icd prepare ...)."),
+    overrides: list[str] = typer.Argument(None, metavar="[SECTION.KEY=VALUE]...", help="Override recipe keys, "
+                                          "e.g. model.max_length=4096."),
+    splits: str = typer.Option("train,val,test", "--splits", help="Comma-separated splits to tokenise."),
+    workers: int = typer.Option(None, "--workers", min=1, help="Tokenizer processes (default: the CPUs, at most 8)."),
+) -> None:
+    """Tokenise a prepared dataset into its token cache (DATA/token-cache, or $CLEM_ICD_TOKEN_CACHE)
+    once, as `train` would: e.g. on a CPU node before a GPU job. A split already cached is not redone."""
+    from clem_icd.data.dataset import PreparedDataset
+    from clem_icd.errors import ClemError
+    from clem_icd.model.coder import load_tokenizer
+    from clem_icd.training.recipe import load_recipe
+    from clem_icd.training.trainer import coded_splits
+
+    recipe = load_recipe(config, overrides or [])
+    if recipe.kind != "clem_icd":
+        raise ClemError("tokenize: the recipe's model.kind is tfidf, which reads text, not tokens")
+    wanted = [s.strip() for s in splits.split(",") if s.strip()]
+    unknown = sorted(set(wanted) - {"train", "val", "test"})
+    if unknown:
+        raise ClemError(f"--splits: unknown split(s) {', '.join(unknown)} (train, val, test)")
+    dataset = PreparedDataset.load(data, text=False)
+    settings = recipe.model
+    tokenizer = load_tokenizer(settings.tokenizer or settings.encoder)
+    table = Table("split", "notes", "tokens", "tokens/note", "seconds", "tokens/s", "cache")
+    for split, notes in zip(wanted, coded_splits(dataset, dataset.code_list, tokenizer, settings.max_length,
+                                                 wanted, workers=workers)):
+        meta = notes.tokens.meta
+        size = sum(p.stat().st_size for p in notes.tokens.folder.iterdir())
+        table.add_row(split, f"{meta['notes']:,}", f"{meta['tokens']:,}", f"{meta['tokens'] / max(meta['notes'], 1):,.0f}",
+                      f"{meta['seconds']:,.1f}", f"{meta['tokens'] / max(meta['seconds'], 1e-9):,.0f}",
+                      f"{notes.tokens.folder} ({size / 1e6:,.1f} MB)")
+    Console().print(table)
 
 
 def recipes(

@@ -180,12 +180,15 @@ class PreparedDataset:
     manifest: dict
 
     @classmethod
-    def load(cls, path: Path | str) -> "PreparedDataset":
+    def load(cls, path: Path | str, *, text: bool = True) -> "PreparedDataset":
+        """The dataset; `text=False` leaves the note texts on disk (training reads tokens from
+        the token cache: a MIMIC-sized dataset's texts are gigabytes)."""
         path = Path(path)
         for name in ("documents.parquet", "codes.tsv", "manifest.json"):
             if not (path / name).is_file():
                 raise ClemError(f"{path / name}: not found (is {path} a prepared dataset? see `clem-icd prepare --help`)")
-        documents = pl.read_parquet(path / "documents.parquet")
+        columns = None if text else ["id", "codes", "split"]
+        documents = pl.read_parquet(path / "documents.parquet", columns=columns)
         codes = pl.read_csv(path / "codes.tsv", separator="\t", schema_overrides={
             "code": pl.String, "system": pl.String, "description": pl.String, "train_count": pl.Int64})
         manifest = json.loads((path / "manifest.json").read_text())

@@ -42,6 +42,23 @@ def resolve_encoder(name: str) -> str:
     return str(Path(list(spec.submodule_search_locations)[0]) / sub)
 
 
+def load_tokenizer(name: str):
+    """A tokenizer by hub id, local folder or package://module/folder, as the coder loads it."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(resolve_encoder(name))
+    except OSError as exc:
+        raise ClemError(f"tokenizer '{name}' could not be loaded: {exc}".splitlines()[0]) from None
+
+
+def tokenize_texts(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids of each text, special tokens added, truncated to max_length: what the coder
+    reads in training (the token cache stores exactly these)."""
+    return tokenizer(list(texts), truncation=True, max_length=max_length,
+                     return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+
 def _build_encoder(config: ICDCoderConfig, pretrained: bool) -> nn.Module:
     from transformers import AutoConfig, AutoModel
 
@@ -91,17 +108,10 @@ class ICDCoder(nn.Module):
     @classmethod
     def from_config(cls, config: ICDCoderConfig) -> "ICDCoder":
         """A new (untrained head) coder as `config` describes it."""
-        from transformers import AutoTokenizer
-
         model = _build_encoder(config, pretrained=config.encoder_config is None)
         # Through JSON, so the stored config equals what a saved folder reads back.
         config.encoder_config = json.loads(model.config.to_json_string(use_diff=False))
-        tokenizer = config.tokenizer or config.encoder
-        try:
-            tok = AutoTokenizer.from_pretrained(resolve_encoder(tokenizer))
-        except OSError as exc:
-            raise ClemError(f"tokenizer '{tokenizer}' could not be loaded: {exc}".splitlines()[0]) from None
-        coder = cls(config, model, tok)
+        coder = cls(config, model, load_tokenizer(config.tokenizer or config.encoder))
         if config.label_query_init == "description":
             coder.init_label_queries_from_descriptions()
         return coder
@@ -193,8 +203,7 @@ class ICDCoder(nn.Module):
     # ------------------------------------------------------------------ inference
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(list(texts), truncation=True, max_length=self.config.max_length,
-                              return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        return tokenize_texts(self.tokenizer, texts, self.config.max_length)
 
     def predict_proba(self, texts: list[str], batch_size: int = 8, *, window_stride: int | None = None,
                       precision: str = "auto") -> np.ndarray:

@@ -14,28 +14,28 @@ from torch.utils.data import Dataset, Sampler
 
 from clem_icd.batching import pad_batch, token_budget_batches
 from clem_icd.data.labels import label_indices, multi_hot
-from clem_icd.progress import progress_bar
+from clem_icd.errors import ClemError
+from clem_icd.training.token_cache import TokenizedNotes
 
 
 class CodedNotes(Dataset):
-    """Token ids and label indices of one split; items are (index, ids, labels)."""
+    """Token ids (memory-mapped, from the token cache) and label indices of one split; items are
+    (index, ids, labels)."""
 
-    def __init__(self, documents: pl.DataFrame, codes: list[str], tokenize, batch: int = 256):
+    def __init__(self, documents: pl.DataFrame, codes: list[str], tokens: TokenizedNotes):
         self.ids = documents["id"].to_list()
+        if len(tokens) != len(self.ids):
+            raise ClemError(f"{tokens.folder}: {len(tokens)} tokenised notes for {len(self.ids)} documents")
         self.labels = label_indices(documents["codes"].to_list(), codes)
-        texts = documents["text"].to_list()
-        self.tokens: list[list[int]] = []
-        with progress_bar("tokenizing", len(texts)) as update:
-            for start in range(0, len(texts), batch):
-                self.tokens += tokenize(texts[start:start + batch])
-                update(len(self.tokens))
+        self.tokens = tokens
+        self.lengths: list[int] = tokens.lengths().tolist()
         self.num_labels = len(codes)
 
     def __len__(self) -> int:
-        return len(self.tokens)
+        return len(self.ids)
 
     def __getitem__(self, i: int):
-        return i, self.tokens[i], self.labels[i]
+        return i, self.tokens[i].astype(np.int64), self.labels[i]
 
     def targets(self) -> np.ndarray:
         return multi_hot(self.labels, self.num_labels)
@@ -64,24 +64,27 @@ class LengthGroupedBatches(Sampler[list[int]]):
 
     Shuffle, cut into mega-batches of 50 batches, sort each by length, cut into batches,
     shuffle the batches: random enough for SGD, and padding stays small. Deterministic for a
-    seed and epoch (`set_epoch`)."""
+    seed and epoch (`set_epoch`). `skip`: batches of the epoch to leave out at its start (what a
+    resumed run already did); set it after `set_epoch`, for the epoch it applies to."""
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int, group: bool = True, shuffle: bool = True):
         self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
-        self.group, self.shuffle, self.epoch = group, shuffle, 0
+        self.group, self.shuffle, self.epoch, self.skip = group, shuffle, 0, 0
 
     def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.skip = 0  # skipping belongs to the epoch it was set for
         self.epoch = epoch
 
     def batches(self) -> list[list[int]]:
         rng = random.Random(self.seed + self.epoch) if self.shuffle else None
-        return length_grouped_batches(self.lengths, self.batch_size, rng, self.group)
+        return length_grouped_batches(self.lengths, self.batch_size, rng, self.group)[self.skip:]
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches())
 
     def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
+        return -(-len(self.lengths) // self.batch_size) - self.skip
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,11 @@ class TrainSettings:
     gradient_checkpointing: bool = False
     seed: int = 42
     trackers: list[str] = field(default_factory=list)  # tensorboard | wandb | mlflow
+    # Checkpoints to resume from (`clem-icd train --resume`): every this many optimizer steps
+    # (0: only at the end of each epoch, which always has one), keeping the newest few. They are
+    # removed when training finishes.
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in MIXED_PRECISIONS:
@@ -98,6 +103,8 @@ class TrainSettings:
                             f"got '{self.mixed_precision}'")
         if self.epochs < 1 or self.early_stopping_patience < 1:
             raise ClemError("train: epochs and early_stopping_patience must be at least 1")
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
+            raise ClemError("train: checkpoint_every must not be negative and keep_checkpoints must be at least 1")
 
 
 SECTION_TYPES = {"data": DataSettings, "optim": OptimSettings, "train": TrainSettings}

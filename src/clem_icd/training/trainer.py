@@ -15,18 +15,30 @@ import json
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from clem_icd.atomic import write_json_atomic
+from clem_icd.atomic import write_json_atomic, write_text_atomic
 from clem_icd.data.dataset import PreparedDataset
+from clem_icd.data.io import sha256_file
 from clem_icd.errors import ClemError
 from clem_icd.evaluation.metrics import compute_metrics, tune_threshold
 from clem_icd.precision import mixed_precision
-from clem_icd.progress import progress_bar
+from clem_icd.progress import progress_bar, warn
+from clem_icd.training.checkpoints import (
+    checked_checkpoint,
+    checkpoints_dir,
+    complete_checkpoints,
+    discard_after,
+    find_checkpoint,
+    read_progress,
+    remove_checkpoints,
+    save_checkpoint,
+)
 from clem_icd.training.data import (
     CodedNotes,
     GlobalBatch,
@@ -36,20 +48,60 @@ from clem_icd.training.data import (
     collate,
 )
 from clem_icd.training.recipe import Recipe
+from clem_icd.training.token_cache import cached_tokens
 
 
-def train(recipe: Recipe, data_dir: Path, output_dir: Path) -> dict:
-    """Train and save the best model to `output_dir`; returns its final metrics."""
-    dataset = PreparedDataset.load(data_dir)
-    output_dir = Path(output_dir)
+def train(recipe: Recipe, data_dir: Path, output_dir: Path, resume: bool | Path = False) -> dict:
+    """Train and save the best model to `output_dir`; returns its final metrics. `resume`: True
+    continues from the newest usable checkpoint in `output_dir` (or starts afresh if it has
+    none), a path from that checkpoint folder."""
+    data_dir, output_dir = Path(data_dir), Path(output_dir)
+    # The coder reads tokens from the token cache: the note texts stay on disk.
+    dataset = PreparedDataset.load(data_dir, text=recipe.kind == "tfidf")
     train_docs, val_docs = dataset.split("train"), dataset.split("val")
     if train_docs.is_empty():
         raise ClemError(f"{data_dir}: no documents in the train split")
     if val_docs.is_empty():
         raise ClemError(f"{data_dir}: no documents in the val split (needed for early stopping and the threshold)")
     if recipe.kind == "tfidf":
+        if resume:
+            raise ClemError("--resume: the TF-IDF baseline is fitted in one go and has no checkpoints")
         return train_tfidf(recipe, dataset, output_dir)
-    return train_coder(recipe, dataset, output_dir)
+    return train_coder(recipe, dataset, output_dir, resume_from(recipe, output_dir, resume))
+
+
+def resume_from(recipe: Recipe, output_dir: Path, resume: bool | Path) -> Path | None:
+    """The checkpoint to resume from, after checking that it belongs to this recipe; refuses to
+    start afresh over an interrupted run's checkpoints (that would throw them away)."""
+    if resume is False or resume is None:
+        if complete_checkpoints(output_dir):
+            raise ClemError(f"{output_dir} has checkpoints of an unfinished training: pass --resume to "
+                            "continue it, or choose another --output")
+        return None
+    from accelerate import PartialState
+
+    report = warn if PartialState().is_main_process else (lambda message: None)  # once, not per process
+    if resume is True and not complete_checkpoints(output_dir):
+        # The same command starts a job and restarts it after a pre-emption (docs/distributed.md).
+        report(f"--resume: no checkpoint in {checkpoints_dir(output_dir)}; starting from the beginning")
+        return None
+    saved_path = output_dir / "train_config.json"
+    saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}
+    differing = _differing_keys(saved, recipe.to_dict())
+    if differing:
+        raise ClemError(f"--resume: the recipe differs from the one of {output_dir} in {', '.join(differing)}; "
+                        "resume with the same recipe")
+    folder = find_checkpoint(output_dir, report) if resume is True else checked_checkpoint(resume)
+    if folder is None:
+        report(f"--resume: no usable checkpoint in {checkpoints_dir(output_dir)}; starting from the beginning")
+    return folder
+
+
+def _differing_keys(saved: dict, current: dict) -> list[str]:
+    """section.key of every recipe value that differs (a missing saved recipe differs in all)."""
+    return sorted(f"{section}.{key}" for section in set(saved) | set(current)
+                  for key in set(saved.get(section, {})) | set(current.get(section, {}))
+                  if saved.get(section, {}).get(key, ...) != current.get(section, {}).get(key, ...))
 
 
 def train_tfidf(recipe: Recipe, dataset: PreparedDataset, output_dir: Path) -> dict:
@@ -60,7 +112,20 @@ def train_tfidf(recipe: Recipe, dataset: PreparedDataset, output_dir: Path) -> d
     return metrics
 
 
-def train_coder(recipe: Recipe, dataset: PreparedDataset, output_dir: Path) -> dict:
+def coded_splits(dataset: PreparedDataset, codes: list[str], tokenizer, max_length: int,
+                 splits=("train", "val"), workers: int | None = None) -> list[CodedNotes]:
+    """The splits' notes with their tokens from the token cache (tokenised first if needed)."""
+    sha = sha256_file(dataset.path / "documents.parquet")
+    coded = []
+    for split in splits:
+        documents = dataset.split(split)
+        tokens = cached_tokens(dataset.path, split, tokenizer, max_length, documents["id"].to_list(),
+                               dataset_sha256=sha, workers=workers)
+        coded.append(CodedNotes(documents, codes, tokens))
+    return coded
+
+
+def train_coder(recipe: Recipe, dataset: PreparedDataset, output_dir: Path, checkpoint: Path | None = None) -> dict:
     from accelerate import Accelerator, PartialState
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
@@ -90,9 +155,9 @@ def train_coder(recipe: Recipe, dataset: PreparedDataset, output_dir: Path) -> d
         enable = getattr(coder.encoder, "activation_checkpointing_enable", None) or coder.encoder.gradient_checkpointing_enable
         enable()
 
+    # The main process tokenises into the cache; the others wait, then map the same files.
     with accelerator.main_process_first():
-        train_set = CodedNotes(dataset.split("train"), codes, coder.tokenize)
-        val_set = CodedNotes(dataset.split("val"), codes, coder.tokenize)
+        train_set, val_set = coded_splits(dataset, codes, coder.tokenizer, coder.config.max_length)
     init_output_bias(coder, train_set)
     pad_id = coder.tokenizer.pad_token_id or 0
     batch_collate = partial(collate, pad_id=pad_id, num_labels=len(codes))
@@ -114,6 +179,9 @@ def train_coder(recipe: Recipe, dataset: PreparedDataset, output_dir: Path) -> d
     total_steps = steps_per_epoch * loop.epochs
     warmup = min(optim.warmup_steps, total_steps // 10)  # short runs: at most 10% warm-up
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    # Not prepared (Accelerate would step it once per process): registered, so that save_state
+    # and load_state carry it with the model, optimizer and RNG states.
+    accelerator.register_for_checkpointing(scheduler)
     if loop.trackers:
         accelerator.init_trackers("clem-icd", config={f"{section}.{k}": v for section, values in recipe.to_dict().items()
                                                       for k, v in values.items() if isinstance(v, (int, float, str, bool))})
@@ -129,57 +197,101 @@ def train_coder(recipe: Recipe, dataset: PreparedDataset, output_dir: Path) -> d
         return predict_scores_by_tokens(model, batches, accelerator, len(val_set), len(codes))
 
     log_path = output_dir / "metrics.jsonl"
-    if main:
+    progress = TrainProgress()
+    best_scores = None
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        progress = TrainProgress(**read_progress(checkpoint))
+        if progress.best_epoch > 0:
+            scores_path = _best_folder(output_dir, progress.best_epoch) / VAL_SCORES
+            if not scores_path.is_file():
+                raise ClemError(f"--resume: {scores_path} is missing (the best model so far, which {checkpoint} "
+                                "needs); start afresh in another --output")
+            best_scores = np.load(scores_path, allow_pickle=False)
+        if main:
+            _keep_log_until(log_path, progress.epoch)
+            discard_after(output_dir, checkpoint)
+            _remove_unreferenced_best(output_dir, progress.best_epoch)
+    elif main:
         output_dir.mkdir(parents=True, exist_ok=True)
+        remove_checkpoints(output_dir)  # only damaged ones can be left here (resume_from)
+        _remove_unreferenced_best(output_dir, None)
         log_path.write_text("")
         write_json_atomic(recipe.to_dict(), output_dir / "train_config.json")
+
+    def save_checkpoint_now() -> None:
+        save_checkpoint(accelerator, output_dir, asdict(progress), loop.keep_checkpoints)
+        if main:
+            _remove_unreferenced_best(output_dir, progress.best_epoch)
+
     val_targets = val_set.targets()
-    best_map, best_epoch, best_scores, stale, step = -1.0, -1, None, 0, 0
-    for epoch in range(loop.epochs):
+    for epoch in range(progress.epoch, loop.epochs):
+        if progress.stopped:
+            break
         train_sampler.set_epoch(epoch)
+        resumed = progress.epoch_steps  # optimizer steps of this epoch done before a resume
+        if not by_tokens:
+            # Accelerate's loader sets its batch sampler's epoch from its own count of
+            # iterations, which restarts at 0 in a resumed run: set it here.
+            train_loader.set_epoch(epoch)
+            # Skip what a resumed epoch already did: whole optimizer steps of every process.
+            train_sampler.skip = resumed * accelerator.gradient_accumulation_steps * accelerator.num_processes
+        resumed_micro = resumed * accelerator.gradient_accumulation_steps  # this process's
         model.train()
-        started = time.perf_counter()
-        bar_length = steps_per_epoch if by_tokens else len(train_loader)
+        started = time.perf_counter() - progress.train_seconds
+        bar_length = steps_per_epoch if by_tokens else len(train_loader) + resumed_micro
         with progress_bar(f"epoch {epoch + 1}/{loop.epochs}", bar_length) as update:
             if by_tokens:
-                train_loss, steps = _epoch_by_tokens(model, optimizer, scheduler, train_sampler,
-                                                     partial(batch_of, train_set), accelerator,
-                                                     optim.max_grad_norm, update if main else None)
+                steps = _steps_by_tokens(model, optimizer, scheduler, train_sampler.steps()[resumed:],
+                                         partial(batch_of, train_set), accelerator, optim.max_grad_norm)
             else:
-                train_loss, steps = _epoch_by_notes(model, optimizer, scheduler, train_loader, accelerator,
-                                                    optim.max_grad_norm, update if main else None)
-        step += steps
+                steps = _steps_by_notes(model, optimizer, scheduler, train_loader, accelerator, optim.max_grad_norm)
+            for loss_sum, loss_count, done in steps:
+                progress.step += 1
+                progress.epoch_steps += 1
+                progress.loss_sum += loss_sum
+                progress.loss_count += loss_count
+                if main:
+                    update(progress.epoch_steps if by_tokens else resumed_micro + done)
+                if (loop.checkpoint_every and progress.step % loop.checkpoint_every == 0
+                        and progress.epoch_steps < steps_per_epoch):  # the epoch's end has its own
+                    progress.train_seconds = time.perf_counter() - started
+                    save_checkpoint_now()
         train_seconds = time.perf_counter() - started
         scores = evaluate()
         val = compute_metrics(scores, val_targets, 0.5)
-        record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss,
+        record = {"epoch": epoch + 1, "step": progress.step,
+                  "train_loss": progress.loss_sum / max(progress.loss_count, 1),
                   "train_seconds": round(train_seconds, 2), "val@0.5": val,
                   "learning_rate": scheduler.get_last_lr()[0]}
         if loop.trackers:
-            accelerator.log({"train_loss": record["train_loss"], **{f"val/{k}": v for k, v in val.items()}}, step=step)
-        improved = val["map"] > best_map
-        if improved:
-            best_map, best_epoch, best_scores, stale = val["map"], epoch + 1, scores, 0
+            accelerator.log({"train_loss": record["train_loss"], **{f"val/{k}": v for k, v in val.items()}},
+                            step=progress.step)
+        if val["map"] > progress.best_map:
+            progress.best_map, progress.best_epoch, progress.stale, best_scores = val["map"], epoch + 1, 0, scores
             accelerator.wait_for_everyone()
             if main:
-                accelerator.unwrap_model(model).save_pretrained(output_dir / "best")
+                _save_best(accelerator.unwrap_model(model), scores, output_dir, epoch + 1)
         else:
-            stale += 1
+            progress.stale += 1
         if main:
             with open(log_path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
-        if stale >= loop.early_stopping_patience:
-            break
+        progress.next_epoch(stopped=progress.stale >= loop.early_stopping_patience)
+        save_checkpoint_now()
 
     accelerator.wait_for_everyone()
     metrics: dict = {}
     if main:
-        best = ICDCoder.from_pretrained(output_dir / "best")
+        best = ICDCoder.from_pretrained(_best_folder(output_dir, progress.best_epoch))
         best.config.threshold = tune_threshold(best_scores, val_targets)
-        metrics = {"best_epoch": best_epoch, "threshold": best.config.threshold,
+        metrics = {"best_epoch": progress.best_epoch, "threshold": best.config.threshold,
                    "val": compute_metrics(best_scores, val_targets, best.config.threshold),
                    "val@0.5": compute_metrics(best_scores, val_targets, 0.5)}
         _publish_best(best, output_dir, metrics)
+        remove_checkpoints(output_dir)
+        _remove_unreferenced_best(output_dir, None)
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     # Accelerate keeps its state (mixed precision, gradient accumulation, ...) per process; reset
     # it so that another training in the same process (a notebook, the demo, tests) may choose
@@ -191,18 +303,81 @@ def train_coder(recipe: Recipe, dataset: PreparedDataset, output_dir: Path) -> d
     return metrics
 
 
+@dataclass
+class TrainProgress:
+    """Where training is, saved in every checkpoint (progress.json)."""
+
+    epoch: int = 0  # the epoch in progress, from 0
+    epoch_steps: int = 0  # optimizer steps done in it
+    step: int = 0  # optimizer steps done in all
+    loss_sum: float = 0.0  # the epoch's training loss so far (for its log line)
+    loss_count: int = 0
+    train_seconds: float = 0.0  # the epoch's training time so far
+    best_map: float = -1.0
+    best_epoch: int = 0  # 0: none yet
+    stale: int = 0  # epochs since the best
+    stopped: bool = False  # early stopping has ended training
+
+    def next_epoch(self, stopped: bool) -> None:
+        self.epoch += 1
+        self.epoch_steps = 0
+        self.loss_sum, self.loss_count, self.train_seconds = 0.0, 0, 0.0
+        self.stopped = stopped
+
+
+VAL_SCORES = "val_scores.npy"
+
+
+def _best_folder(output_dir: Path, epoch: int) -> Path:
+    return output_dir / f"best-epoch-{epoch:03d}"
+
+
+def _save_best(model, scores: np.ndarray, output_dir: Path, epoch: int) -> None:
+    """The best model so far, with its val scores (the threshold is tuned on them at the end),
+    in a folder per epoch: a checkpoint from before this epoch still needs the earlier best."""
+    import os
+    import shutil
+
+    folder = _best_folder(output_dir, epoch)
+    staging = output_dir / f".{folder.name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    np.save(staging / VAL_SCORES, scores, allow_pickle=False)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(staging, folder)
+
+
+def _remove_unreferenced_best(output_dir: Path, current: int | None) -> None:
+    """Best-model folders that neither the current state nor a kept checkpoint refers to."""
+    import shutil
+
+    wanted = {current} | {read_progress(c)["best_epoch"] for c in complete_checkpoints(output_dir)
+                          if (c / "progress.json").is_file()}
+    for folder in output_dir.glob("best-epoch-*"):
+        if int(folder.name.rsplit("-", 1)[1]) not in wanted:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _keep_log_until(log_path: Path, epochs: int) -> None:
+    """The per-epoch log as it was at the checkpoint: lines of later epochs were written by the
+    run that crashed, and the resumed run writes them again."""
+    lines = log_path.read_text().splitlines() if log_path.is_file() else []
+    kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] <= epochs]
+    write_text_atomic("".join(line + "\n" for line in kept), log_path)
+
+
 def _train_batches(data, train_set: CodedNotes, seed: int, accelerator, batch_collate):
     """(sampler, loader). By tokens: TokenBudgetBatches and no loader, since a loader that
     Accelerate prepares would be sharded again, and each process already takes its own share.
     Else: LengthGroupedBatches of micro_batch_size notes and its DataLoader."""
     from torch.utils.data import DataLoader
 
-    lengths = [len(t) for t in train_set.tokens]
+    lengths = train_set.lengths
     if data.max_batch_tokens is not None:
         return TokenBudgetBatches(lengths, data.batch_size, data.max_batch_tokens, seed, accelerator.process_index,
                                   accelerator.num_processes, group=data.length_grouping), None
     sampler = LengthGroupedBatches(lengths, data.micro_batch_size, seed, group=data.length_grouping)
-    return sampler, DataLoader(train_set, batch_sampler=sampler, collate_fn=batch_collate)
+    return sampler, DataLoader(train_set, batch_sampler=sampler, collate_fn=batch_collate, generator=_loader_rng(seed))
 
 
 def _val_batches(data, val_set: CodedNotes, seed: int, accelerator, batch_collate):
@@ -210,12 +385,19 @@ def _val_batches(data, val_set: CodedNotes, seed: int, accelerator, batch_collat
     micro-batches of its share of val)."""
     from torch.utils.data import DataLoader
 
-    lengths = [len(t) for t in val_set.tokens]
+    lengths = val_set.lengths
     if data.eval_budget is not None:
         return None, budget_micro_batches(list(range(len(val_set))), lengths, data.eval_budget,
                                           accelerator.process_index, accelerator.num_processes)
     sampler = LengthGroupedBatches(lengths, data.eval_batch_size, seed, shuffle=False)
-    return DataLoader(val_set, batch_sampler=sampler, collate_fn=batch_collate), None
+    return DataLoader(val_set, batch_sampler=sampler, collate_fn=batch_collate, generator=_loader_rng(seed)), None
+
+
+def _loader_rng(seed: int) -> torch.Generator:
+    """A DataLoader draws a seed for its workers each time it is iterated, from the global RNG
+    unless it has a generator of its own; that draw would shift the dropout masks of a run
+    resumed mid-epoch (which iterates once more) against an uninterrupted one."""
+    return torch.Generator().manual_seed(seed)
 
 
 def _prepare(accelerator, model, optimizer, *loaders):
@@ -242,12 +424,11 @@ def _check_token_batching_backend(accelerator) -> None:
                         "itself over a fixed number of micro-batches: use data.micro_batch_size, or DDP / FSDP")
 
 
-def _epoch_by_notes(model, optimizer, scheduler, loader, accelerator, max_grad_norm: float,
-                    update=None) -> tuple[float, int]:
-    """One epoch of micro-batches of a fixed number of notes, accumulated by Accelerate; returns
-    the mean micro-batch loss and the number of optimizer steps taken."""
+def _steps_by_notes(model, optimizer, scheduler, loader, accelerator, max_grad_norm: float):
+    """Micro-batches of a fixed number of notes, accumulated by Accelerate. Yields after each
+    optimizer step: (summed micro-batch loss, micro-batches, micro-batches of the loader done)."""
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    loss_sum, loss_count, steps = 0.0, 0, 0
+    loss_sum, loss_count = 0.0, 0
     for i, batch in enumerate(loader):
         with accelerator.accumulate(model):
             logits = model(batch["input_ids"], batch["attention_mask"])
@@ -258,32 +439,27 @@ def _epoch_by_notes(model, optimizer, scheduler, loader, accelerator, max_grad_n
             optimizer.step()  # the prepared optimizer skips steps while accumulating
             if accelerator.sync_gradients:
                 scheduler.step()
-                steps += 1
             optimizer.zero_grad()
         loss_sum += loss.item()
         loss_count += 1
-        if update:
-            update(i + 1)
-    return loss_sum / max(loss_count, 1), steps
+        if accelerator.sync_gradients:
+            yield loss_sum, loss_count, i + 1
+            loss_sum, loss_count = 0.0, 0
 
 
-def _epoch_by_tokens(model, optimizer, scheduler, sampler: TokenBudgetBatches, batch_of, accelerator,
-                     max_grad_norm: float, update=None) -> tuple[float, int]:
-    """One epoch of global batches cut into micro-batches by a token budget; returns the mean
-    per-note loss (this process's notes) and the number of optimizer steps taken."""
-    loss_sum, notes, steps = 0.0, 0, 0
-    for i, global_batch in enumerate(sampler.steps()):
-        loss_sum += accumulate_global_batch(model, global_batch, batch_of, accelerator)
-        notes += sum(len(m.indices) for m in global_batch.micro_batches if m.counted)
+def _steps_by_tokens(model, optimizer, scheduler, global_batches: list[GlobalBatch], batch_of, accelerator,
+                     max_grad_norm: float):
+    """Global batches cut into micro-batches by a token budget. Yields after each optimizer
+    step: (summed per-note loss of this process's notes, their number, global batches done)."""
+    for i, global_batch in enumerate(global_batches):
+        loss_sum = accumulate_global_batch(model, global_batch, batch_of, accelerator)
+        notes = sum(len(m.indices) for m in global_batch.micro_batches if m.counted)
         if max_grad_norm:
             accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
-        steps += 1
-        if update:
-            update(i + 1)
-    return loss_sum / max(notes, 1), steps
+        yield loss_sum, notes, i + 1
 
 
 def note_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -243,8 +243,10 @@ def _tokenized_chunks(data_dir: Path, split: str, tokenizer, max_length: int, dt
                       chunk_notes: int) -> Iterator[tuple[list[str], tuple[np.ndarray, np.ndarray]]]:
     """(ids, encode_chunk's arrays) per chunk, in order; in `workers` processes when there are several."""
     workers = default_workers() if workers is None else max(1, workers)
+    # A process costs seconds to start (it imports transformers): no more than there are chunks.
+    workers = min(workers, -(-_count_split(data_dir, split) // chunk_notes))
     chunks = _split_chunks(data_dir, split, chunk_notes)
-    if workers == 1:
+    if workers <= 1:
         for ids, texts in chunks:
             yield ids, encode_chunk(tokenizer, texts, max_length, dtype)
         return

@@ -134,9 +134,11 @@ def train_coder(recipe: Recipe, dataset: PreparedDataset, output_dir: Path, chec
 
     data, optim, loop = recipe.data, recipe.optim, recipe.train
     by_tokens = data.max_batch_tokens is not None
-    processes = PartialState().num_processes  # the state Accelerator will share
+    cpu = _distributed_on_cpu()
+    processes = PartialState(cpu=cpu).num_processes  # the state Accelerator will share
     # By tokens, micro-batches are accumulated by hand (accumulate_global_batch), not by Accelerate.
-    accelerator = Accelerator(gradient_accumulation_steps=1 if by_tokens else _accumulation_steps(data, processes),
+    accelerator = Accelerator(cpu=cpu,
+                              gradient_accumulation_steps=1 if by_tokens else _accumulation_steps(data, processes),
                               mixed_precision=mixed_precision(loop.mixed_precision),
                               log_with=loop.trackers or None, project_dir=str(output_dir))
     if by_tokens:
@@ -406,6 +408,19 @@ def _prepare(accelerator, model, optimizer, *loaders):
     model, optimizer, *prepared = accelerator.prepare(model, optimizer, *[x for x in loaders if x is not None])
     remaining = iter(prepared)
     return model, optimizer, *[None if loader is None else next(remaining) for loader in loaders]
+
+
+def _distributed_on_cpu() -> bool:
+    """Whether to run on CPU: asked for (ACCELERATE_USE_CPU, which `accelerate launch --cpu` sets),
+    or several processes launched on a machine without a GPU. Accelerate's shared state joins
+    the processes into one gloo group only when told `cpu` from the start: without it, each of
+    them would train alone (and all write the same output folder)."""
+    import os
+
+    from accelerate.utils import parse_flag_from_env
+
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return parse_flag_from_env("ACCELERATE_USE_CPU") or (several and not torch.cuda.is_available())
 
 
 def _accumulation_steps(data, processes: int) -> int:

@@ -243,24 +243,29 @@ def _tokenized_chunks(data_dir: Path, split: str, tokenizer, max_length: int, dt
                       chunk_notes: int) -> Iterator[tuple[list[str], tuple[np.ndarray, np.ndarray]]]:
     """(ids, encode_chunk's arrays) per chunk, in order; in `workers` processes when there are several."""
     workers = default_workers() if workers is None else max(1, workers)
-    # A process costs seconds to start (it imports transformers): no more than there are chunks.
+    # A process costs a second or so to start: no more of them than there are chunks. A slow
+    # (pure Python) tokenizer has no serialised form to send: it runs here.
     workers = min(workers, -(-_count_split(data_dir, split) // chunk_notes))
+    backend = getattr(tokenizer, "backend_tokenizer", None)
     chunks = _split_chunks(data_dir, split, chunk_notes)
-    if workers <= 1:
+    if workers <= 1 or backend is None:
         for ids, texts in chunks:
             yield ids, encode_chunk(tokenizer, texts, max_length, dtype)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    from clem_icd.training import tokenize_worker
+
     # spawn, not fork: the parent has torch's and the tokenizer's threads running, which a
     # forked child would inherit in an undefined state.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(tokenizer, max_length, dtype)) as pool:
+    options = (backend.to_str(), max_length, getattr(tokenizer, "truncation_side", "right"), np.dtype(dtype).name)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=tokenize_worker.start,
+                             initargs=options) as pool:
         pending: deque = deque()
         for ids, texts in chunks:
-            pending.append((ids, pool.submit(_tokenize_in_worker, texts)))
+            pending.append((ids, pool.submit(tokenize_worker.encode, texts)))
             if len(pending) >= 2 * workers:  # a bounded window: memory stays a few chunks
                 done_ids, future = pending.popleft()
                 yield done_ids, future.result()
@@ -271,18 +276,3 @@ def _tokenized_chunks(data_dir: Path, split: str, tokenizer, max_length: int, dt
 
 def default_workers() -> int:
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-
-
-_worker: tuple = ()  # (tokenizer, max_length, dtype) of this worker process
-
-
-def _init_worker(tokenizer, max_length: int, dtype) -> None:
-    global _worker
-    # One thread per worker process: the processes are the parallelism.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _worker = (tokenizer, max_length, dtype)
-
-
-def _tokenize_in_worker(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    tokenizer, max_length, dtype = _worker
-    return encode_chunk(tokenizer, texts, max_length, dtype)

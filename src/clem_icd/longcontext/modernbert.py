@@ -3,7 +3,9 @@
 transformers' ModernBERT without flash-attn builds a dense (batch, 1, tokens, tokens)
 sliding-window mask and runs full quadratic attention in every layer, although two of every
 three layers only look 64 tokens either way. This forward runs the same layers (the stock
-modules: embeddings, norms, Wqkv, Wo, MLP, rotary tables) and replaces only the attention:
+modules: embeddings, norms, Wqkv, Wo, MLP, rotary tables) and replaces only the attention; each
+layer is still called as a module (its forward replaced on the layer object, _LayerForward), so
+hooks around layers, FSDP's per-layer weight gathering among them, work as on the stock forward:
 
 - `blockwise`: the batch padded to its longest note, rounded up to the block size; local
   layers blockwise (attention.blockwise_local_attention), global layers SDPA with a key mask.
@@ -111,16 +113,46 @@ def _layer_forward(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, si
     return hidden + layer.mlp(layer.mlp_norm(hidden))
 
 
-def _run_layers(model: nn.Module, hidden: torch.Tensor, position_ids: torch.Tensor, attend: _Attention) -> torch.Tensor:
-    rotary = {kind: model.rotary_emb(hidden, position_ids, kind) for kind in set(model.config.layer_types)}
-    for layer in model.layers:
-        cos, sin = rotary[layer.attention_type]
+class _LayerForward:
+    """Installed as a ModernBERT layer's `forward` (an attribute of the layer object; the class
+    is untouched), so that the fast path runs each layer through the layer module's own call,
+    `layer(hidden, cos, sin, attend)`: hooks on the layer run around it as around the stock
+    forward, among them FSDP's, which gather a wrapped layer's sharded weights before it runs and
+    free them after. Any other call (the stock model's own forward) goes to the stock forward."""
+
+    def __init__(self, layer: nn.Module):
+        self.layer = layer
+
+    def __call__(self, hidden: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        layer = self.layer
+        if not (len(args) == 3 and isinstance(args[2], _Attention) and not kwargs):
+            return type(layer).forward(layer, hidden, *args, **kwargs)
+        cos, sin, attend = args
         if getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled():
             # The layer's activations are recomputed in backward, as the stock layer does when
-            # activation_checkpointing_enable() (formerly gradient_checkpointing_enable) was called.
-            hidden = checkpoint(_layer_forward, layer, hidden, cos, sin, attend, use_reentrant=False)
-        else:
-            hidden = _layer_forward(layer, hidden, cos, sin, attend)
+            # activation_checkpointing_enable() (formerly gradient_checkpointing_enable) was called;
+            # inside the module call, as there, so that hooks on the layer run once.
+            return checkpoint(_layer_forward, layer, hidden, cos, sin, attend, use_reentrant=False)
+        return _layer_forward(layer, hidden, cos, sin, attend)
+
+
+def _install_layer_forwards(model: nn.Module) -> None:
+    """_LayerForward on every encoder layer of `model` that lacks it. The layers are found inside
+    whatever wraps them (FSDP 1 puts a module around each wrapped layer; FSDP 2 changes the
+    layer's class to a subclass of its own)."""
+    from transformers.models.modernbert.modeling_modernbert import ModernBertEncoderLayer
+
+    for module in model.layers.modules():
+        if isinstance(module, ModernBertEncoderLayer) and not isinstance(vars(module).get("forward"), _LayerForward):
+            module.forward = _LayerForward(module)
+
+
+def _run_layers(model: nn.Module, hidden: torch.Tensor, position_ids: torch.Tensor, attend: _Attention) -> torch.Tensor:
+    rotary = {kind: model.rotary_emb(hidden, position_ids, kind) for kind in set(model.config.layer_types)}
+    _install_layer_forwards(model)
+    for layer in model.layers:
+        cos, sin = rotary[layer.attention_type]
+        hidden = layer(hidden, cos, sin, attend)  # _LayerForward, through the module's call
     return model.final_norm(hidden)
 
 

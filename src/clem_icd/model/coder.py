@@ -79,6 +79,23 @@ def _build_encoder(config: ICDCoderConfig, pretrained: bool) -> nn.Module:
         return AutoModel.from_config(hf_config, **kwargs)
 
 
+def _standalone(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of `state_dict`, those that view only part of their memory copied out (one
+    copy per distinct view, so that names of one tensor stay one tensor). Gathered sharded
+    weights can be such views (of an all-gather buffer padded to a multiple of the processes),
+    which safetensors' save_model refuses to write."""
+    copies: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for name, tensor in state_dict.items():
+        if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+            view = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
+            if view not in copies:
+                copies[view] = tensor.clone()
+            tensor = copies[view]
+        out[name] = tensor
+    return out
+
+
 class ICDCoder(nn.Module):
     def __init__(self, config: ICDCoderConfig, encoder: nn.Module, tokenizer):
         super().__init__()
@@ -250,17 +267,25 @@ class ICDCoder(nn.Module):
 
     # ------------------------------------------------------------------ persistence
 
-    def save_pretrained(self, path: Path | str, metrics: dict | None = None) -> None:
+    def save_pretrained(self, path: Path | str, metrics: dict | None = None,
+                        state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """A folder: config.json, model.safetensors, tokenizer files, metrics.json and a model
-        card. Written to a temporary sibling, then renamed into place."""
+        card. Written to a temporary sibling, then renamed into place. `state_dict`: the weights
+        to write instead of this module's own, e.g. the full model that
+        `accelerator.get_state_dict` gathered under FSDP, where this process holds only shards."""
+        from types import SimpleNamespace
+
         from safetensors.torch import save_model
 
         from clem_icd.atomic import atomic_folder, write_json_atomic
         from clem_icd.model.card import write_model_card
 
+        # save_model reads only `.state_dict()` of what it is given: a given state dict goes
+        # through the same handling (tensors sharing memory written once, made contiguous).
+        weights = self if state_dict is None else SimpleNamespace(state_dict=lambda: _standalone(state_dict))
         with atomic_folder(path) as tmp:
             self.config.save(tmp / "config.json")
-            save_model(self, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            save_model(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
             self.tokenizer.save_pretrained(tmp)
             if metrics is not None:
                 write_json_atomic(metrics, tmp / "metrics.json")

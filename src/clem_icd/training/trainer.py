@@ -272,8 +272,7 @@ def train_coder(recipe: Recipe, dataset: PreparedDataset, output_dir: Path, chec
         if val["map"] > progress.best_map:
             progress.best_map, progress.best_epoch, progress.stale, best_scores = val["map"], epoch + 1, 0, scores
             accelerator.wait_for_everyone()
-            if main:
-                _save_best(accelerator.unwrap_model(model), scores, output_dir, epoch + 1)
+            _save_best(accelerator, model, scores, output_dir, epoch + 1)
         else:
             progress.stale += 1
         if main:
@@ -334,16 +333,21 @@ def _best_folder(output_dir: Path, epoch: int) -> Path:
     return output_dir / f"best-epoch-{epoch:03d}"
 
 
-def _save_best(model, scores: np.ndarray, output_dir: Path, epoch: int) -> None:
+def _save_best(accelerator, model, scores: np.ndarray, output_dir: Path, epoch: int) -> None:
     """The best model so far, with its val scores (the threshold is tuned on them at the end),
-    in a folder per epoch: a checkpoint from before this epoch still needs the earlier best."""
+    in a folder per epoch: a checkpoint from before this epoch still needs the earlier best.
+    Called on every process: under FSDP gathering the full weights is a collective (each process
+    holds shards; the main process receives the whole model); the main process writes."""
     import os
     import shutil
 
+    state_dict = accelerator.get_state_dict(model)
+    if not accelerator.is_main_process:
+        return
     folder = _best_folder(output_dir, epoch)
     staging = output_dir / f".{folder.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
+    accelerator.unwrap_model(model).save_pretrained(staging, state_dict=state_dict)
     np.save(staging / VAL_SCORES, scores, allow_pickle=False)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(staging, folder)

@@ -80,7 +80,7 @@ def child(mode: str, data: str, tokenizer_path: str, max_length: int, fraction: 
     tokens = 0
     if mode == "baseline":
         dataset = PreparedDataset.load(data, text=False)
-        ids = [dataset.split(s)["id"].to_list() for s in ("train", "val")]
+        _ids = [dataset.split(s)["id"].to_list() for s in ("train", "val")]  # held, as the others hold theirs
     elif mode == "lists":
         dataset = PreparedDataset.load(data)  # the texts, as training read them before
         kept = []

@@ -78,3 +78,23 @@ def test_service_load_test_runs_bounded_and_reports_every_row(tmp_path, trigger_
     assert all(r["mean_batch"] == 1.0 for r in rows if not r["batching"] or r["clients"] == 1)
     assert all(r["p50_s"] <= r["p95_s"] <= r["p99_s"] for r in rows)
     assert result.stdout.count("\n| on |") == 4 and result.stdout.count("\n| off |") == 4
+
+
+@pytest.mark.shared_data
+def test_mimic_scale_benchmark_runs_small_and_pandas_agrees_with_prepare(mimic_iv_demo, tmp_path):
+    """benchmarks/mimic_scale.py end to end on a tiny corpus: prepare and the pandas version of
+    the same rules write the same documents, every step prints its figures, nothing is left."""
+    import re
+
+    result = _benchmark("mimic_scale.py", "--notes", "300", "--note-chars", "500", "--workers", "1",
+                        "--workdir", str(tmp_path), shared=mimic_iv_demo.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert re.search(r"^agreement: ok \(\d+ documents", out, re.M), out
+    for step in ("generate corpus", "clem-icd prepare mimic-iv", "pandas, same rules"):
+        assert re.search(rf"^\| {re.escape(step)} \| [\d,.]+ \| [\d,]+ \| [\d,]+ notes/s \|", out, re.M), step
+    assert re.search(r"^pandas / clem-icd prepare: wall [\d.]+x, peak RSS [\d.]+x$", out, re.M), out
+    assert "under the 4,096 MB limit" in out
+    tokenized = re.search(r"^\| clem-icd tokenize \(MiniLM, 512\) \| [\d,.]+ \| [\d,]+ \| [\d,]+ tokens/s", out, re.M)
+    assert tokenized or re.search(r"^tokenize: skipped \(", out, re.M), out
+    assert not list(tmp_path.iterdir())  # the temporary corpus is removed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,20 +74,38 @@ def read_csv_strings(path: Path, columns: list[str]) -> pl.DataFrame:
     For code tables: small enough to hold in memory even for MIMIC-IV (~5M rows)."""
     require_columns(path, csv_columns(path), columns)
     try:
-        frame = pl.read_csv(path, columns=columns, infer_schema_length=0)
+        # All columns, then the wanted ones: with `columns=` polars ignores a row's extra fields,
+        # so a row shifted by a stray comma would be read silently (pandas, in the reference
+        # code, refuses it)
+        frame = pl.read_csv(path, infer_schema_length=0).select(columns)
     except Exception as exc:
-        raise ClemError(f"{path}: cannot parse CSV ({exc.__class__.__name__})") from None
+        # polars names neither the row nor the column of invalid UTF-8: find them (raises)
+        for first, batch in _numbered(stream_csv_records(path, columns)):
+            for column in columns:
+                decode_utf8_column(batch.column(column), path, column, first)
+        invalid = "utf-8" in str(exc).lower()  # then in a column not read here
+        raise ClemError(f"{path}: " + ("not valid UTF-8 text" if invalid else
+                                       f"cannot parse CSV ({exc.__class__.__name__})")) from None
     return frame.with_row_index("_row")
+
+
+def _numbered(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[int, pa.RecordBatch]]:
+    first = 0
+    for batch in batches:
+        yield first, batch
+        first += batch.num_rows
 
 
 def parse_int_column(frame: pl.DataFrame, column: str, path: Path, *, row_offset: int = 0) -> pl.Series:
     """Cast a string column of ids to Int64; a non-integer value is an error naming the row.
 
-    Rows are reported 1-based as data rows (the header is not counted)."""
+    Rows are reported 1-based as data rows (the header is not counted): by the `_row` index
+    when the frame has one (it may have been filtered), else by position plus `row_offset`."""
     parsed = frame[column].str.strip_chars().cast(pl.Int64, strict=False)
     bad = parsed.is_null() & frame[column].is_not_null() & (frame[column].str.strip_chars() != "")
     if bad.any():
-        row = int(bad.arg_max()) + 1 + row_offset
+        position = int(bad.arg_max())
+        row = (int(frame["_row"][position]) if "_row" in frame.columns else position) + 1 + row_offset
         raise ClemError(f"{where(path, row, column)}: not an integer")
     return parsed
 
@@ -98,7 +117,10 @@ def stream_csv_records(path: Path, columns: list[str], source=None) -> Iterator[
     (see `decode_utf8_column`) rather than as a parser message that quotes the text.
     `source`, an open binary file of `path`, lets the caller follow progress with `tell()`."""
     require_columns(path, csv_columns(path), columns)
-    compression = "gzip" if str(path).endswith(".gz") else None
+    # By content, not by name, as polars decides for csv_columns and the code tables: an
+    # uncompressed .csv.gz (or a gzipped .csv) reads the same everywhere
+    with open(path, "rb") as head:
+        compression = "gzip" if head.read(2) == b"\x1f\x8b" else None
     try:
         stream = pa.input_stream(source if source is not None else str(path), compression=compression)
         reader = pacsv.open_csv(
@@ -118,6 +140,9 @@ def stream_csv_records(path: Path, columns: list[str], source=None) -> Iterator[
         if "straddl" in str(exc):  # one record is longer than a block
             raise ClemError(f"{path}: a record is longer than {NOTE_BLOCK_BYTES >> 20} MB, or a quote "
                             "is never closed") from None
+        fields = re.search(r"Expected (\d+) columns, got (\d+)", str(exc))  # numbers only: the
+        if fields:                                                           # rest quotes the row
+            raise ClemError(f"{path}: a row has {fields[2]} fields, the header has {fields[1]}") from None
         raise ClemError(f"{path}: malformed or truncated CSV ({exc.__class__.__name__})") from None
 
 

@@ -114,8 +114,11 @@ def load_codes(table: CodeTable, version: int) -> tuple[pl.DataFrame, dict]:
     for raw, row in frame.group_by("raw", maintain_order=True).agg(pl.col("_row").first()).iter_rows():
         try:
             canonical[raw] = normalize_code(raw, table.system)
-        except ValueError as exc:
-            raise ClemError(f"{where(table.path, int(row) + 1, table.code_column)}: {exc}") from None
+        except ValueError as exc:  # its message quotes the value: shown only if one short,
+            # printable token; a longer value may be note text in a shifted row
+            shown = str(exc) if len(raw) <= 10 and len(raw.split()) == 1 and raw.isprintable() else (
+                f"a value of {len(raw)} characters is not a well-formed {table.system.value} code")
+            raise ClemError(f"{where(table.path, int(row) + 1, table.code_column)}: {shown}") from None
     frame = frame.with_columns(code=pl.col("raw").replace_strict(canonical, return_dtype=pl.String))
     pairs = frame.select("hadm_id", "code").unique(maintain_order=True)
     stats = {"rows": rows, "rows_of_version": rows_of_version,
@@ -166,9 +169,10 @@ def _note_batches(notes: NoteTable):
 
 def _decode_batch(notes: NoteTable, batch: pa.RecordBatch, first: int):
     texts = decode_utf8_column(batch.column(notes.text_column), notes.path, notes.text_column, first).to_pylist()
-    id_strings = pl.DataFrame({"id": decode_utf8_column(batch.column(notes.id_column), notes.path,
-                                                         notes.id_column, first)})
-    ids = parse_int_column(id_strings, "id", notes.path, row_offset=first).to_list()
+    id_column = notes.id_column  # the frame's column is named as in the file: errors name it
+    id_strings = pl.DataFrame({id_column: decode_utf8_column(batch.column(id_column), notes.path,
+                                                             id_column, first)})
+    ids = parse_int_column(id_strings, id_column, notes.path, row_offset=first).to_list()
     if notes.category_column:
         categories = decode_utf8_column(batch.column(notes.category_column), notes.path,
                                         notes.category_column, first).to_pylist()

@@ -13,6 +13,10 @@ note's text - and the others are coded regardless.
 - Any other file: one note, id = file name without its `.txt` suffix.
 - `-` (or no input with data on stdin): JSONL when its first non-blank line is a JSON object,
   otherwise the whole of stdin is one note with id `stdin`.
+
+An id read from a field (JSONL, CSV/TSV, Parquet) is a string or an integer, of at most 256
+characters, without line breaks, tabs or other control characters: it is written into output
+lines and messages as it is.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import csv
 import gzip
 import json
 import sys
+import unicodedata
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +37,9 @@ from clem_icd.errors import ClemError
 TABLE_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 _BINARY_PROBE = 8192
 _MAX_FIELD = 1 << 30  # characters in one CSV field
+# An id is echoed in output lines (TSV formats) and in error messages (duplicate id): one line of
+# reasonable length. A longer one is most likely a note in the id column.
+_MAX_ID = 256
 
 
 @dataclass
@@ -78,7 +86,14 @@ def _id_value(value, where: str) -> tuple[str | None, str | None]:
         return None, f"{where}: missing id"
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return None, f"{where}: the id must be a string or an integer"
-    return str(value), None
+    value = str(value)
+    if not is_encodable(value):  # a JSON "\ud800" escape: no output can be written with it
+        return None, f"{where}: not valid Unicode"
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value):  # would break a line
+        return None, f"{where}: the id holds a line break, tab or other control character"
+    if len(value) > _MAX_ID:
+        return None, f"{where}: the id is longer than {_MAX_ID} characters"
+    return value, None
 
 
 def _jsonl_lines(lines: Iterator[bytes], name: str, id_field: str, text_field: str) -> Iterator[NoteRecord]:
@@ -148,13 +163,16 @@ def _delimited(path: Path, delimiter: str, id_field: str, text_field: str) -> It
             if len(row) != len(header):
                 yield NoteRecord(None, error=f"{where}: {len(row)} fields, the header has {len(header)}")
                 continue
+            if not is_encodable(row[id_at]):  # invalid bytes, kept as lone surrogates
+                yield NoteRecord(None, error=f"{where}, field '{id_field}': not valid UTF-8")
+                continue
             record_id, error = _id_value(row[id_at], f"{where}, field '{id_field}'")
             if error:
                 yield NoteRecord(None, error=error)
                 continue
             text = row[text_at]
-            if not is_encodable(record_id) or not is_encodable(text):
-                yield NoteRecord(record_id if is_encodable(record_id) else None, error=f"{where}: not valid UTF-8")
+            if not is_encodable(text):
+                yield NoteRecord(record_id, error=f"{where}, field '{text_field}': not valid UTF-8")
                 continue
             yield _checked(record_id, text, f"{where}, field '{text_field}'")
 
@@ -174,9 +192,12 @@ def _parquet(path: Path, id_field: str, text_field: str) -> Iterator[NoteRecord]
         return
     number = 0
     for batch in source.iter_batches(columns=[id_field, text_field], batch_size=1024):
-        for record_id, text in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+        for record_id, text in zip(_values(batch.column(0)), _values(batch.column(1))):
             number += 1
             where = f"{path}, row {number}"
+            if isinstance(record_id, _NotUTF8):
+                yield NoteRecord(None, error=f"{where}, field '{id_field}': not valid UTF-8")
+                continue
             record_id, error = _id_value(record_id, f"{where}, field '{id_field}'")
             if error:
                 yield NoteRecord(None, error=error)
@@ -190,6 +211,32 @@ def _parquet(path: Path, id_field: str, text_field: str) -> Iterator[NoteRecord]
                 yield NoteRecord(record_id, error=f"{where}, field '{text_field}': not text")
                 continue
             yield _checked(record_id, text, f"{where}, field '{text_field}'")
+
+
+class _NotUTF8(bytes):
+    """A value of a Parquet string column that is not UTF-8 (a writer that does not check); as
+    text, it is reported like the bytes of a binary column."""
+
+
+def _values(column) -> list:
+    """`column.to_pylist()`, which raises UnicodeDecodeError for invalid UTF-8 in a string
+    column: such values come out as `_NotUTF8` bytes, to be reported with their row."""
+    import pyarrow as pa
+
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return column.to_pylist()
+    try:
+        column.validate(full=True)
+        return column.to_pylist()
+    except pa.ArrowInvalid:
+        raw = column.cast(pa.large_binary()).to_pylist()  # string to binary: no UTF-8 check
+    values = []
+    for value in raw:
+        try:
+            values.append(value if value is None else value.decode("utf-8"))
+        except UnicodeDecodeError:
+            values.append(_NotUTF8(value))
+    return values
 
 
 def _stdin(stream, id_field: str, text_field: str) -> Iterator[NoteRecord]:

@@ -178,7 +178,7 @@ def build_cache(data_dir: Path, key: CacheKey, tokenizer, folder: Path, *, worke
         total = _count_split(data_dir, key.split)
         with open(tmp / "tokens.bin", "wb") as out, progress_bar(f"tokenizing {key.split}", total) as update:
             for chunk_ids, (flat, chunk_lengths) in _tokenized_chunks(data_dir, key.split, tokenizer, key.max_length,
-                                                                      dtype, workers, chunk_notes):
+                                                                      dtype, workers, chunk_notes, tmp):
                 ids += chunk_ids
                 out.write(flat.tobytes())
                 lengths.append(chunk_lengths)
@@ -192,6 +192,7 @@ def build_cache(data_dir: Path, key: CacheKey, tokenizer, folder: Path, *, worke
                 "tokenizer": key.tokenizer_name, "tokenizer_sha256": key.tokenizer_sha256,
                 "dataset_sha256": key.dataset_sha256, "ids_sha256": ids_sha256(ids),
                 "seconds": round(time.perf_counter() - started, 2)}
+        (tmp / "tokenizer.json").unlink(missing_ok=True)  # the workers' copy (_tokenized_chunks)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         os.chmod(tmp, 0o755)
         try:
@@ -240,8 +241,9 @@ def _split_chunks(data_dir: Path, split: str, chunk_notes: int) -> Iterator[tupl
 
 
 def _tokenized_chunks(data_dir: Path, split: str, tokenizer, max_length: int, dtype, workers: int | None,
-                      chunk_notes: int) -> Iterator[tuple[list[str], tuple[np.ndarray, np.ndarray]]]:
-    """(ids, encode_chunk's arrays) per chunk, in order; in `workers` processes when there are several."""
+                      chunk_notes: int, scratch: Path) -> Iterator[tuple[list[str], tuple[np.ndarray, np.ndarray]]]:
+    """(ids, encode_chunk's arrays) per chunk, in order; in `workers` processes when there are
+    several (the tokenizer handed to them as a file in `scratch`)."""
     workers = default_workers() if workers is None else max(1, workers)
     # A process costs a second or so to start: no more of them than there are chunks. A slow
     # (pure Python) tokenizer has no serialised form to send: it runs here.
@@ -260,7 +262,12 @@ def _tokenized_chunks(data_dir: Path, split: str, tokenizer, max_length: int, dt
     # spawn, not fork: the parent has torch's and the tokenizer's threads running, which a
     # forked child would inherit in an undefined state.
     context = multiprocessing.get_context("spawn")
-    options = (backend.to_str(), max_length, getattr(tokenizer, "truncation_side", "right"), np.dtype(dtype).name)
+    # A path, not the serialised tokenizer itself (hundreds of KB): a worker that dies as it
+    # starts then fails the pool at once, where a parent blocked writing its start-up data to the
+    # dead worker's pipe would wait for ever.
+    serialised = scratch / "tokenizer.json"
+    serialised.write_text(backend.to_str())
+    options = (str(serialised), max_length, getattr(tokenizer, "truncation_side", "right"), np.dtype(dtype).name)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=tokenize_worker.start,
                              initargs=options) as pool:
         pending: deque = deque()

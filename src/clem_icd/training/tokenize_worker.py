@@ -12,14 +12,14 @@ import numpy as np
 _state: tuple = ()  # (tokenizers.Tokenizer, dtype) of this worker process
 
 
-def start(serialised: str, max_length: int, truncation_side: str, dtype: str) -> None:
-    """Worker initializer: the tokenizer as `backend_tokenizer.to_str()` gives it, truncating as
-    a Hugging Face tokenizer called with truncation=True, max_length does."""
+def start(path: str, max_length: int, truncation_side: str, dtype: str) -> None:
+    """Worker initializer: the tokenizer from a file of what `backend_tokenizer.to_str()` gives,
+    truncating as a Hugging Face tokenizer called with truncation=True, max_length does."""
     from tokenizers import Tokenizer
 
     global _state
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread a process: the processes are the parallelism
-    tokenizer = Tokenizer.from_str(serialised)
+    tokenizer = Tokenizer.from_file(path)
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length, stride=0, strategy="longest_first", direction=truncation_side)
     _state = (tokenizer, np.dtype(dtype))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import polars as pl
@@ -144,3 +145,19 @@ def test_training_reads_tokens_not_texts(corpus, tokenizer, monkeypatch):
     assert index == 3 and ids.dtype == np.int64
     assert ids.tolist() == tokenize_texts(tokenizer, [split_of(corpus, "train")["text"][3]], 64)[0]
     assert os.path.commonpath([train.tokens.folder, corpus]) == str(corpus)
+
+
+def test_a_waiting_process_reads_the_cache_another_builds(corpus, tokenizer):
+    """The trainer's other processes on a node wait for the files, not in a collective that
+    would time out while MIMIC-IV is tokenised (trainer.tokenise_before_processes_join)."""
+    import threading
+
+    got = {}
+    waiter = threading.Thread(target=lambda: got.setdefault("notes", cached(corpus, "val", tokenizer, wait=True,
+                                                                             poll_seconds=0.02)))
+    waiter.start()
+    time.sleep(0.3)
+    assert waiter.is_alive() and not (corpus / "token-cache").exists()  # waiting, building nothing
+    built = cached(corpus, "val", tokenizer)
+    waiter.join(timeout=60)
+    assert not waiter.is_alive() and got["notes"].folder == built.folder

@@ -146,12 +146,17 @@ def cache_key(data_dir: Path, split: str, tokenizer, max_length: int, dataset_sh
 
 
 def cached_tokens(data_dir: Path, split: str, tokenizer, max_length: int, ids: list[str], *,
-                  workers: int | None = None, dataset_sha256: str | None = None) -> TokenizedNotes:
-    """The split's tokens from the cache, tokenising them first if this key has no cache yet.
-    `ids` are the split's note ids in dataset order, checked against the cache's."""
+                  workers: int | None = None, dataset_sha256: str | None = None, wait: bool = False,
+                  poll_seconds: float = 1.0) -> TokenizedNotes:
+    """The split's tokens from the cache, tokenising them first if this key has no cache yet
+    (`wait`: waiting for another process to). `ids` are the split's note ids in dataset order,
+    checked against the cache's."""
     key = cache_key(data_dir, split, tokenizer, max_length, dataset_sha256)
     root = cache_root(data_dir)
     folder = root / key.folder_name()
+    while wait and not (folder / "meta.json").is_file():
+        # No timeout: if the tokenising process fails, the launcher ends the whole group.
+        time.sleep(poll_seconds)
     if not (folder / "meta.json").is_file():
         build_cache(data_dir, key, tokenizer, folder, workers=workers)
     notes = TokenizedNotes.open(folder)

@@ -113,16 +113,32 @@ def train_tfidf(recipe: Recipe, dataset: PreparedDataset, output_dir: Path) -> d
 
 
 def coded_splits(dataset: PreparedDataset, codes: list[str], tokenizer, max_length: int,
-                 splits=("train", "val"), workers: int | None = None) -> list[CodedNotes]:
-    """The splits' notes with their tokens from the token cache (tokenised first if needed)."""
+                 splits=("train", "val"), workers: int | None = None, wait: bool = False) -> list[CodedNotes]:
+    """The splits' notes with their tokens from the token cache (tokenised first if needed;
+    `wait`: for another process to do it)."""
     sha = sha256_file(dataset.path / "documents.parquet")
     coded = []
     for split in splits:
         documents = dataset.split(split)
         tokens = cached_tokens(dataset.path, split, tokenizer, max_length, documents["id"].to_list(),
-                               dataset_sha256=sha, workers=workers)
+                               dataset_sha256=sha, workers=workers, wait=wait)
         coded.append(CodedNotes(documents, codes, tokens))
     return coded
+
+
+def tokenise_before_processes_join(dataset: PreparedDataset, settings) -> None:
+    """Fill the token cache before the processes form a group: tokenising MIMIC-IV can take
+    longer than a collective waits (NCCL's default timeout is 10 minutes), so the other
+    processes must not wait in a barrier. The first process of each node tokenises, the node's
+    others poll for the files. On a file system the nodes share, their first processes race to
+    the same result, which is harmless: the first to finish publishes, the others discard."""
+    import os
+
+    from clem_icd.model.coder import load_tokenizer
+
+    tokenizer = load_tokenizer(settings.tokenizer or settings.encoder)
+    coded_splits(dataset, dataset.code_list, tokenizer, settings.max_length,
+                 wait=int(os.environ.get("LOCAL_RANK", "0")) != 0)
 
 
 def train_coder(recipe: Recipe, dataset: PreparedDataset, output_dir: Path, checkpoint: Path | None = None) -> dict:
@@ -134,6 +150,7 @@ def train_coder(recipe: Recipe, dataset: PreparedDataset, output_dir: Path, chec
 
     data, optim, loop = recipe.data, recipe.optim, recipe.train
     by_tokens = data.max_batch_tokens is not None
+    tokenise_before_processes_join(dataset, recipe.model)
     cpu = _distributed_on_cpu()
     processes = PartialState(cpu=cpu).num_processes  # the state Accelerator will share
     # By tokens, micro-batches are accumulated by hand (accumulate_global_batch), not by Accelerate.
@@ -157,9 +174,8 @@ def train_coder(recipe: Recipe, dataset: PreparedDataset, output_dir: Path, chec
         enable = getattr(coder.encoder, "activation_checkpointing_enable", None) or coder.encoder.gradient_checkpointing_enable
         enable()
 
-    # The main process tokenises into the cache; the others wait, then map the same files.
-    with accelerator.main_process_first():
-        train_set, val_set = coded_splits(dataset, codes, coder.tokenizer, coder.config.max_length)
+    # From the token cache, filled before the processes joined: every process maps the same files.
+    train_set, val_set = coded_splits(dataset, codes, coder.tokenizer, coder.config.max_length)
     init_output_bias(coder, train_set)
     pad_id = coder.tokenizer.pad_token_id or 0
     batch_collate = partial(collate, pad_id=pad_id, num_labels=len(codes))

@@ -16,6 +16,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 
 import polars as pl
@@ -193,6 +194,13 @@ class PreparedDataset:
             "code": pl.String, "system": pl.String, "description": pl.String, "train_count": pl.Int64})
         manifest = json.loads((path / "manifest.json").read_text())
         return cls(path=path, documents=documents, codes=codes, manifest=manifest)
+
+    @cached_property
+    def documents_sha256(self) -> str:
+        """Of documents.parquet as it is on disk (part of the token cache's key); computed once."""
+        from clem_icd.data.io import sha256_file
+
+        return sha256_file(self.path / "documents.parquet")
 
     @property
     def code_list(self) -> list[str]:

@@ -24,7 +24,6 @@ import torch
 
 from clem_icd.atomic import write_json_atomic, write_text_atomic
 from clem_icd.data.dataset import PreparedDataset
-from clem_icd.data.io import sha256_file
 from clem_icd.errors import ClemError
 from clem_icd.evaluation.metrics import compute_metrics, tune_threshold
 from clem_icd.precision import mixed_precision
@@ -116,12 +115,11 @@ def coded_splits(dataset: PreparedDataset, codes: list[str], tokenizer, max_leng
                  splits=("train", "val"), workers: int | None = None, wait: bool = False) -> list[CodedNotes]:
     """The splits' notes with their tokens from the token cache (tokenised first if needed;
     `wait`: for another process to do it)."""
-    sha = sha256_file(dataset.path / "documents.parquet")
     coded = []
     for split in splits:
         documents = dataset.split(split)
         tokens = cached_tokens(dataset.path, split, tokenizer, max_length, documents["id"].to_list(),
-                               dataset_sha256=sha, workers=workers, wait=wait)
+                               dataset_sha256=dataset.documents_sha256, workers=workers, wait=wait)
         coded.append(CodedNotes(documents, codes, tokens))
     return coded
 

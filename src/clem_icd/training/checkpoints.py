@@ -22,6 +22,7 @@ import os
 import shutil
 from pathlib import Path
 
+from clem_icd.atomic import write_text_atomic
 from clem_icd.data.io import sha256_file
 from clem_icd.errors import ClemError
 from clem_icd.progress import warn
@@ -56,7 +57,7 @@ def save_checkpoint(accelerator, output_dir: Path, progress: dict, keep: int) ->
         (tmp / PROGRESS).write_text(json.dumps(progress, indent=2) + "\n")
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files}
-        _write_synced(tmp / MANIFEST, json.dumps({"step": progress["step"], "files": manifest}, indent=2) + "\n")
+        write_text_atomic(json.dumps({"step": progress["step"], "files": manifest}, indent=2) + "\n", tmp / MANIFEST)
         for path in files:
             _fsync(path)
         if final.exists():  # the same step saved again (the end of an epoch after a step checkpoint)
@@ -137,13 +138,6 @@ def read_progress(folder: Path) -> dict:
 def remove_checkpoints(output_dir: Path) -> None:
     """After a finished training the checkpoints have served their purpose."""
     shutil.rmtree(checkpoints_dir(output_dir), ignore_errors=True)
-
-
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def _fsync(path: Path) -> None:

@@ -182,8 +182,9 @@ def build_cache(data_dir: Path, key: CacheKey, tokenizer, folder: Path, *, worke
         ids, lengths = [], [np.zeros(1, dtype=np.int64)]
         total = _count_split(data_dir, key.split)
         with open(tmp / "tokens.bin", "wb") as out, progress_bar(f"tokenizing {key.split}", total) as update:
-            for chunk_ids, (flat, chunk_lengths) in _tokenized_chunks(data_dir, key.split, tokenizer, key.max_length,
-                                                                      dtype, workers, chunk_notes, tmp):
+            for chunk_ids, (flat, chunk_lengths) in _tokenized_chunks(data_dir, key.split, total, tokenizer,
+                                                                      key.max_length, dtype, workers, chunk_notes,
+                                                                      tmp):
                 ids += chunk_ids
                 out.write(flat.tobytes())
                 lengths.append(chunk_lengths)
@@ -245,14 +246,14 @@ def _split_chunks(data_dir: Path, split: str, chunk_notes: int) -> Iterator[tupl
             yield batch.column("id").to_pylist(), batch.column("text").to_pylist()
 
 
-def _tokenized_chunks(data_dir: Path, split: str, tokenizer, max_length: int, dtype, workers: int | None,
-                      chunk_notes: int, scratch: Path) -> Iterator[tuple[list[str], tuple[np.ndarray, np.ndarray]]]:
+def _tokenized_chunks(data_dir: Path, split: str, notes: int, tokenizer, max_length: int, dtype,
+                      workers: int | None, chunk_notes: int, scratch: Path) -> Iterator[tuple[list[str], tuple[np.ndarray, np.ndarray]]]:
     """(ids, encode_chunk's arrays) per chunk, in order; in `workers` processes when there are
     several (the tokenizer handed to them as a file in `scratch`)."""
     workers = default_workers() if workers is None else max(1, workers)
     # A process costs a second or so to start: no more of them than there are chunks. A slow
     # (pure Python) tokenizer has no serialised form to send: it runs here.
-    workers = min(workers, -(-_count_split(data_dir, split) // chunk_notes))
+    workers = min(workers, -(-notes // chunk_notes))
     backend = getattr(tokenizer, "backend_tokenizer", None)
     chunks = _split_chunks(data_dir, split, chunk_notes)
     if workers <= 1 or backend is None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -130,8 +132,6 @@ def tokenise_before_processes_join(dataset: PreparedDataset, settings) -> None:
     processes must not wait in a barrier. The first process of each node tokenises, the node's
     others poll for the files. On a file system the nodes share, their first processes race to
     the same result, which is harmless: the first to finish publishes, the others discard."""
-    import os
-
     from clem_icd.model.coder import load_tokenizer
 
     tokenizer = load_tokenizer(settings.tokenizer or settings.encoder)
@@ -352,9 +352,6 @@ def _save_best(accelerator, model, scores: np.ndarray, output_dir: Path, epoch: 
     in a folder per epoch: a checkpoint from before this epoch still needs the earlier best.
     Called on every process: under FSDP gathering the full weights is a collective (each process
     holds shards; the main process receives the whole model); the main process writes."""
-    import os
-    import shutil
-
     state_dict = accelerator.get_state_dict(model)
     if not accelerator.is_main_process:
         return
@@ -369,8 +366,6 @@ def _save_best(accelerator, model, scores: np.ndarray, output_dir: Path, epoch: 
 
 def _remove_unreferenced_best(output_dir: Path, current: int | None) -> None:
     """Best-model folders that neither the current state nor a kept checkpoint refers to."""
-    import shutil
-
     wanted = {current} | {read_progress(c)["best_epoch"] for c in complete_checkpoints(output_dir)
                           if (c / "progress.json").is_file()}
     for folder in output_dir.glob("best-epoch-*"):
@@ -433,8 +428,6 @@ def _distributed_on_cpu() -> bool:
     or several processes launched on a machine without a GPU. Accelerate's shared state joins
     the processes into one gloo group only when told `cpu` from the start: without it, each of
     them would train alone (and all write the same output folder)."""
-    import os
-
     from accelerate.utils import parse_flag_from_env
 
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -584,8 +577,6 @@ def gather_scores(accelerator, index: torch.Tensor, rows: torch.Tensor, n_docume
 def _publish_best(best, output_dir: Path, metrics: dict) -> None:
     """The best model becomes the output folder's model files (config with the tuned
     threshold, weights, tokenizer, metrics, card); the training log stays beside them."""
-    import shutil
-
     staging = output_dir / "model.tmp"
     best.save_pretrained(staging, metrics=metrics)
     for item in staging.iterdir():

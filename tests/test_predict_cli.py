@@ -184,6 +184,44 @@ def test_codiesp_formats(model_dir, tmp_path, run):
     assert status == 2 and "add --explain" in err
 
 
+def test_codiesp_format_writes_a_ranking_unless_told_otherwise(model_dir, tmp_path, run):
+    """CodiEsp-D/P is scored by MAP over a ranking: --format codiesp defaults to threshold 0 and
+    at most 100 codes, not the tuned threshold; an explicit --threshold / --top-k still wins and
+    the other formats keep the tuned threshold."""
+    import shutil
+
+    from clem_icd.cli.predict import CODIESP_TOP_K
+
+    strict = tmp_path / "strict"  # the same model with a tuned threshold that keeps no code
+    shutil.copytree(model_dir, strict)
+    config = json.loads((strict / "config.json").read_text())
+    (strict / "config.json").write_text(json.dumps({**config, "threshold": 0.999}))
+    jsonl = _jsonl(tmp_path / "in.jsonl", [{"id": "S0001-1", "text": NOTES["n1"]}, {"id": "S0002-1", "text": NOTES["n3"]}])
+    status, out, _ = run("predict", "-m", strict, jsonl, "--threshold", "0")
+    assert status == 0
+    ranked = {r["id"]: [(c["code"].lower(), c["probability"]) for c in r["codes"]] for r in _records(out)}
+
+    status, out, _ = run("predict", "-m", strict, jsonl, "--format", "codiesp")
+    lines = [line.split("\t") for line in out.splitlines()]
+    assert status == 0 and len(lines) == 2 * min(CODIESP_TOP_K, len(CODES))
+    for note, codes in ranked.items():
+        written = [code for note_id, code in lines if note_id == note]
+        assert written == [code for code, _ in codes]  # every code, best first
+        probabilities = [p for _, p in codes]
+        assert probabilities == sorted(probabilities, reverse=True)
+
+    cut = sorted(p for _, p in ranked["S0001-1"])[1]  # keeps the note's 2 best codes
+    status, out, _ = run("predict", "-m", strict, jsonl, "--format", "codiesp", "--threshold", str(cut))
+    assert status == 0
+    assert [code for note_id, code in (line.split("\t") for line in out.splitlines()) if note_id == "S0001-1"] == \
+           [code for code, p in ranked["S0001-1"] if p > cut]
+    status, out, _ = run("predict", "-m", strict, jsonl, "--format", "codiesp", "--top-k", "1")
+    assert status == 0 and [line.split("\t")[1] for line in out.splitlines()] == [ranked[n][0][0] for n in ranked]
+
+    status, out, _ = run("predict", "-m", strict, jsonl)  # jsonl: the tuned threshold, unchanged
+    assert status == 0 and [r["codes"] for r in _records(out)] == [[], []]
+
+
 def test_window_stride_longer_than_the_window_is_one_line_error(model_dir, tmp_path, run):
     jsonl = _jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": NOTES["n2"]}])
     status, out, err = run("predict", "-m", model_dir, jsonl, "--window-stride", "127")

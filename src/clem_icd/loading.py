@@ -23,8 +23,27 @@ def model_type(path: Path) -> str:
         raise ClemError(f"{config}: not valid JSON") from None
 
 
-def load_model(path: Path | str, device: str | None = None):
+MATCHER_FOLDER = "matcher"  # inside a model folder: its description matcher (clem-icd match)
+
+
+def load_model(path: Path | str, device: str | None = None, unseen_codes: bool = False):
+    """The model of a folder. `unseen_codes`: with the folder's description matcher, so that
+    codes without a training example are ranked too (clem_icd.matching.open_set)."""
     path = Path(path)
+    model = _load(path, device)
+    if not unseen_codes:
+        return model
+    folder = path / MATCHER_FOLDER
+    if not (folder / "config.json").is_file():
+        raise ClemError(f"{folder}: no description matcher in this model folder "
+                        f"(build one with `clem-icd match --model {path} --data PREPARED_DATA`)")
+    from clem_icd.matching.matcher import DescriptionMatcher
+    from clem_icd.matching.open_set import OpenSetCoder
+
+    return OpenSetCoder(model, DescriptionMatcher.from_pretrained(folder, device=device))
+
+
+def _load(path: Path, device: str | None):
     kind = model_type(path)
     if kind == "clem_icd":
         from clem_icd.model import ICDCoder
@@ -34,4 +53,8 @@ def load_model(path: Path | str, device: str | None = None):
         from clem_icd.baselines.tfidf import TfidfCoder
 
         return TfidfCoder.from_pretrained(path)
-    raise ClemError(f"{path / 'config.json'}: unknown model_type {kind!r} (expected clem_icd or tfidf)")
+    if kind == "fusion":  # an ensemble (clem-icd fuse) whose members are model folders of any kind
+        from clem_icd.fusion import FusedModel
+
+        return FusedModel.from_pretrained(path, load_member=lambda member: load_model(member, device=device))
+    raise ClemError(f"{path / 'config.json'}: unknown model_type {kind!r} (expected clem_icd, tfidf or fusion)")

@@ -13,6 +13,8 @@ import typer
 
 from clem_icd.cli import data as data_cli
 from clem_icd.cli import evaluate_evidence as evaluate_evidence_cli
+from clem_icd.cli import fuse as fuse_cli
+from clem_icd.cli import match as match_cli
 from clem_icd.cli import model as model_cli
 from clem_icd.cli import predict as predict_cli
 from clem_icd.cli import prepare as prepare_cli
@@ -34,6 +36,8 @@ app.add_typer(data_cli.app, name="data")
 app.command("train")(model_cli.train)
 app.command("tokenize")(model_cli.tokenize)
 app.command("evaluate")(model_cli.evaluate)
+app.command("fuse")(fuse_cli.fuse)
+app.command("match")(match_cli.match)
 app.command("predict")(predict_cli.predict)
 app.command("evaluate-evidence")(evaluate_evidence_cli.evaluate_evidence)
 app.command("serve")(serve_cli.serve)

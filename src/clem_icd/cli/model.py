@@ -123,6 +123,15 @@ def evaluate(
     baseline_recipe: str = typer.Option("mimic/tfidf", "--baseline-recipe", help="For --baseline auto: "
                                         "the TF-IDF recipe (model.kind tfidf) whose hyperparameters the "
                                         "baseline is fitted with; a shipped name or a YAML file."),
+    fuse_with: Path = typer.Option(None, "--fuse-with", help="Also evaluate the model fused with this "
+                                   "model folder (rank fusion, see clem-icd fuse) as a 'fused' column, its "
+                                   "threshold tuned on the dataset's val split; writes fused_ranking.tsv."),
+    fuse_weight: float = typer.Option(1.0, "--fuse-weight", help="Weight of the --fuse-with model against "
+                                      "the model's 1."),
+    fuse_method: str = typer.Option("rrf", "--fuse-method", help="rrf (weighted reciprocal rank fusion) or "
+                                    "mean (weighted mean of the probabilities)."),
+    unseen_codes: bool = typer.Option(False, "--unseen-codes", help="Rank codes without a training example "
+                                      "too, by the model folder's description matcher (clem-icd match)."),
 ) -> None:
     """Evaluate with the protocol of Edin et al. 2023: only codes present in the split, documents
     without positives left out, metrics at the val-tuned threshold and at 0.5."""
@@ -130,10 +139,15 @@ def evaluate(
     from clem_icd.evaluation.evaluate import evaluate as run_evaluation
     from clem_icd.training.recipe import load_recipe
 
+    if fuse_with is not None and fuse_method not in ("rrf", "mean"):
+        raise ClemError(f"--fuse-method must be rrf or mean, got '{fuse_method}'")
+    if fuse_with is not None and not 0 <= fuse_weight < float("inf"):
+        raise ClemError(f"--fuse-weight must be a finite number of at least 0, got {fuse_weight}")
     recipe = load_recipe(baseline_recipe)
     if recipe.kind != "tfidf":
         raise ClemError(f"--baseline-recipe {baseline_recipe}: model.kind is {recipe.kind}, not tfidf")
-    run_evaluation(model, data, split, out, baseline=baseline, baseline_options=recipe.model, console=Console())
+    run_evaluation(model, data, split, out, baseline=baseline, baseline_options=recipe.model, fuse_with=fuse_with,
+                   fuse_weight=fuse_weight, fuse_method=fuse_method, unseen_codes=unseen_codes, console=Console())
     console.print(f"[green]wrote[/] {out}/metrics.json")
 
 

@@ -13,26 +13,35 @@ from clem_icd.cli import options
 console = Console(stderr=True, soft_wrap=True)
 
 EXIT_SOME_FAILED = 3
+# --format codiesp is scored by MAP over each note's ranking (the CodiEsp-D/P scorer), so it
+# defaults to a ranking rather than the tuned threshold's choice (~12 codes a note, which cost
+# 0.07 MAP on CodiEsp): threshold 0, capped at this many codes. Codes below rank 100 add almost
+# nothing to MAP, and the cap keeps the file at a few MB for a thousand notes.
+CODIESP_TOP_K = 100
 
 
 def predict(
     model: Path = typer.Option(..., "--model", "-m", help="Trained model folder (clem-icd train), "
-                               "CLEM-ICD or TF-IDF."),
+                               "CLEM-ICD or TF-IDF, or a fused one (clem-icd fuse)."),
     inputs: list[str] = typer.Argument(None, metavar="[INPUT]...", help="Text files (one note each, id = "
                                        "file name without .txt), folders of them, JSONL / CSV / TSV / "
                                        "Parquet files with id and text fields, or '-' for stdin (JSONL if "
                                        "its first line is a JSON object, else one note). Default: stdin."),
-    top_k: int = typer.Option(None, "--top-k", "-k", help="At most K codes per note (best first)."),
+    top_k: int = typer.Option(None, "--top-k", "-k", help="At most K codes per note (best first). Default: "
+                              f"no cap, except {CODIESP_TOP_K} for --format codiesp."),
     threshold: float = typer.Option(None, "--threshold", "-t", help="Report codes with probability above "
-                                    "T (default: the threshold tuned on val when the model was trained). "
-                                    "--threshold 0 --top-k 10 gives the 10 best codes of every note."),
+                                    "T (default: the threshold tuned on val when the model was trained; 0 for "
+                                    "--format codiesp). --threshold 0 --top-k 10 gives the 10 best codes of "
+                                    "every note."),
     explain: str = typer.Option(None, "--explain", "-e", help="Add evidence spans per code: 'attention' "
                                 "(label attention, free), 'attingrad' (attention x input gradient, Edin et "
                                 "al. 2024; one backward pass per code) or 'inputxgrad'."),
     format: str = typer.Option("jsonl", "--format", "-f", help="jsonl (one JSON object per note), fhir (a "
                                "FHIR R4 Bundle of Condition / Procedure resources), codiesp (CodiEsp-D/P "
-                               "ranking TSV) or codiesp-x (CodiEsp-X TSV, one line per evidence span; "
-                               "needs --explain)."),
+                               f"ranking TSV: by default each note's {CODIESP_TOP_K} best codes at threshold 0, "
+                               "since the official scorer computes MAP over the ranking and the tuned threshold "
+                               "would cut it short; deeper ranks add little and the cap keeps files small) or "
+                               "codiesp-x (CodiEsp-X TSV, one line per evidence span; needs --explain)."),
     out: Path = typer.Option(None, "--out", "-o", help="Output file (written to a temporary file, then "
                              "renamed). Default: stdout."),
     id_field: str = typer.Option("id", "--id-field", help="Id field of JSONL / CSV / Parquet input."),
@@ -57,6 +66,11 @@ def predict(
     evidence_words: int = typer.Option(10, "--evidence-words", help="At most this many evidence words "
                                        "per code (adjacent words merge into one span)."),
     max_spans: int = typer.Option(5, "--max-spans", help="At most this many evidence spans per code."),
+    unseen_codes: bool = typer.Option(False, "--unseen-codes", help="Also report codes without a training "
+                                      "example (any code of ICD-10-CM / -PCS, e.g. a new release's), scored by "
+                                      "the model folder's description matcher (build it with clem-icd match); "
+                                      "such codes say \"source\": \"description match\" and their evidence "
+                                      "is the passage that matched."),
     device: str = options.DEVICE,
     precision: str = options.PRECISION,
 ) -> None:
@@ -79,13 +93,16 @@ def predict(
         raise ClemError("--format codiesp-x writes evidence spans: add --explain attingrad (or attention)")
     if not inputs and sys.stdin.isatty():
         raise ClemError("no input: give text files, folders, JSONL/CSV/Parquet files, or pipe notes to stdin")
+    if format == "codiesp":  # a ranking by default (see CODIESP_TOP_K); a given option still wins
+        threshold = 0.0 if threshold is None else threshold
+        top_k = CODIESP_TOP_K if top_k is None else top_k
     options = PredictOptions(threshold=threshold, top_k=top_k, explain=explain, window_stride=window_stride,
                              batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                              evidence_threshold=evidence_threshold,
                              evidence_words=evidence_words, max_spans=max_spans, precision=precision)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    predictor = load_model(model, device=device).note_predictor(options)
+    predictor = load_model(model, device=device, unseen_codes=unseen_codes).note_predictor(options)
 
     failed = coded = 0
     records = read_notes(inputs or [], id_field=id_field, text_field=text_field)

@@ -47,3 +47,37 @@ def nearest_icd10cm_parent(code: str) -> str | None:
         if is_known_icd10cm(candidate):
             return candidate
     return None
+
+
+def described_item(code: str) -> str | None:
+    """The item of the list whose inclusion terms and parent describe `code`: the code itself;
+    for a code with a 7th character (`S02.0XXA`) the subcategory it extends (`S02.0`), since the
+    7th character only adds the encounter and the terms sit on the subcategory; for a code the
+    list does not have, its nearest parent (`nearest_icd10cm_parent`). None when the category
+    is unknown too."""
+    if not is_known_icd10cm(code):
+        return nearest_icd10cm_parent(code)
+    cm = tabular_list()
+    while cm.is_extended_subcategory(code):
+        code = cm.get_parent(code)
+    return code
+
+
+def inclusion_terms(code: str) -> list[str]:
+    """What the list files under `code` itself: its inclusion terms ('Acute appendicitis NOS'
+    under K35.80), then its 'Includes' notes ('high blood pressure' under I10). Notes of
+    ancestors are left out: they describe the whole category, not this code. [] when unknown."""
+    if not is_known_icd10cm(code):
+        return []
+    cm = tabular_list()
+    return [term.strip() for term in cm.get_inclusion_term(code) + cm.get_includes(code) if term.strip()]
+
+
+def category_parent(code: str) -> str | None:
+    """The parent of `code` when it is a category or subcategory (K35.80 -> K35.8); None for a
+    category, whose parent is a block (I10 -> I10-I1A), or an unknown code."""
+    if not is_known_icd10cm(code):
+        return None
+    cm = tabular_list()
+    parent = cm.get_parent(code)
+    return parent if parent and cm.is_category_or_subcategory(parent) else None

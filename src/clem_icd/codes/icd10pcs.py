@@ -119,3 +119,75 @@ def shared_title(titles: list[str]) -> str:
     while words and (words[-1] == _GAP or words[-1] in ",;:" or words[-1].lower() in _DANGLING):
         words.pop()
     return re.sub(r" ([,;:])", r"\1", " ".join(words))
+
+
+# The names of the first two axes, which PCS titles do not spell out (a title names the
+# operation, body part, approach, device and qualifier, but not that 0DTJ4ZZ is in the Medical
+# and Surgical section's Gastrointestinal System). From the CMS ICD-10-PCS tables and reference
+# manual (U.S. public domain). Every letter here is checked against the titles of the codes under
+# it (tests/test_rich_descriptions.py). Body systems are named for the Medical and Surgical
+# section only: the other sections use their own second-axis meanings.
+SECTIONS = {
+    "0": "Medical and Surgical",
+    "1": "Obstetrics",
+    "2": "Placement",
+    "3": "Administration",
+    "4": "Measurement and Monitoring",
+    "5": "Extracorporeal or Systemic Assistance and Performance",
+    "6": "Extracorporeal or Systemic Therapies",
+    "7": "Osteopathic",
+    "8": "Other Procedures",
+    "9": "Chiropractic",
+    "B": "Imaging",
+    "C": "Nuclear Medicine",
+    "D": "Radiation Therapy",
+    "F": "Physical Rehabilitation and Diagnostic Audiology",
+    "G": "Mental Health",
+    "H": "Substance Abuse Treatment",
+    "X": "New Technology",
+}
+MEDICAL_SURGICAL = "0"
+MEDICAL_SURGICAL_BODY_SYSTEMS = {
+    "0": "Central Nervous System and Cranial Nerves",
+    "1": "Peripheral Nervous System",
+    "2": "Heart and Great Vessels",
+    "3": "Upper Arteries",
+    "4": "Lower Arteries",
+    "5": "Upper Veins",
+    "6": "Lower Veins",
+    "7": "Lymphatic and Hemic Systems",
+    "8": "Eye",
+    "9": "Ear, Nose, Sinus",
+    "B": "Respiratory System",
+    "C": "Mouth and Throat",
+    "D": "Gastrointestinal System",
+    "F": "Hepatobiliary System and Pancreas",
+    "G": "Endocrine System",
+    "H": "Skin and Breast",
+    "J": "Subcutaneous Tissue and Fascia",
+    "K": "Muscles",
+    "L": "Tendons",
+    "M": "Bursae and Ligaments",
+    "N": "Head and Facial Bones",
+    "P": "Upper Bones",
+    "Q": "Lower Bones",
+    "R": "Upper Joints",
+    "S": "Lower Joints",
+    "T": "Urinary System",
+    "U": "Female Reproductive System",
+    "V": "Male Reproductive System",
+    "W": "Anatomical Regions, General",
+    "X": "Anatomical Regions, Upper Extremities",
+    "Y": "Anatomical Regions, Lower Extremities",
+}
+
+
+def axis_names(code: str) -> list[str]:
+    """The section of a PCS code or prefix and, in the Medical and Surgical section, its body
+    system: 0DTJ4ZZ and 0DTJ -> ['Medical and Surgical', 'Gastrointestinal System'], BW03 ->
+    ['Imaging']; [] for a section letter that PCS does not have."""
+    section = SECTIONS.get(code[:1])
+    if section is None:
+        return []
+    body_system = MEDICAL_SURGICAL_BODY_SYSTEMS.get(code[1:2]) if code[:1] == MEDICAL_SURGICAL else None
+    return [section, body_system] if body_system else [section]

@@ -3,7 +3,9 @@ Edin et al. (2023), beside the TF-IDF baseline.
 
 The decision threshold is the one tuned on val when the model was trained (argmax of micro-F1
 over 100 values in [0, 1]); metrics are reported at it and at 0.5. Codes of the split that the
-model does not know get score 0 (they count as misses, never silently dropped).
+model does not know get score 0 (they count as misses, never silently dropped). With a second
+model to fuse with (`fuse_with`), a "fused" column (clem_icd.fusion) is added, its threshold
+tuned on val by the same rule.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ from clem_icd.evaluation.report import (
     write_per_code_csv,
 )
 from clem_icd.loading import load_model
+
+# Ranking files list every code of the label space, up to this many codes; a larger space (the
+# whole code system, --unseen-codes: ~140,000 codes) lists each note's best RANKING_DEPTH, as
+# 140,000 x notes lines would be, and ranks past 1,000 add less than 0.001 to a note's AP.
+FULL_RANKING_CODES = 10_000
+RANKING_DEPTH = 1_000
 
 
 def label_space(model_codes: list[str], dataset_codes: list[str]) -> list[str]:
@@ -56,7 +64,8 @@ def evaluate_model(model, name: str, dataset: PreparedDataset, split: str, out_d
     descriptions = dict(zip(dataset.code_list, dataset.codes["description"].to_list()))
     table = per_code_table(scores, targets, threshold, codes, [descriptions.get(c, "") for c in codes])
     write_per_code_csv(table, out_dir / f"{name}_per_code.csv")
-    write_codiesp_ranking(documents["id"].to_list(), scores, codes, out_dir / f"{name}_ranking.tsv")
+    depth = None if len(codes) <= FULL_RANKING_CODES else RANKING_DEPTH
+    write_codiesp_ranking(documents["id"].to_list(), scores, codes, out_dir / f"{name}_ranking.tsv", top_k=depth)
     write_metrics_json({**tuned, "threshold": threshold, "seconds": seconds,
                         "documents_per_second": len(documents) / max(seconds, 1e-9)},
                        out_dir / f"{name}_metrics.json")
@@ -86,24 +95,70 @@ def fit_baseline(dataset: PreparedDataset, cache: Path, options: dict | None = N
     return model
 
 
+class LastScores:
+    """A model that remembers its last `predict_proba` answer and gives it again for the same
+    texts, so that the fused column re-uses the model's own test scores instead of running a
+    neural model twice over the split. One answer only: a split's scores can be large."""
+
+    def __init__(self, model):
+        self.model = model
+        self._texts: list[str] | None = None
+        self._scores: np.ndarray | None = None
+
+    def __getattr__(self, name: str):  # codes, threshold, code systems...: the model's own
+        if name == "model":  # not set yet (copy, pickle): no endless recursion
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        texts = list(texts)
+        if texts != self._texts:
+            self._texts, self._scores = texts, self.model.predict_proba(texts)
+        return self._scores
+
+
+def fused_with(model, other_dir: Path, dataset: PreparedDataset, *, weight: float = 1.0,
+               method: str = "rrf"):
+    """The fusion of `model` (weight 1) with the model folder `other_dir` (weight `weight`),
+    its threshold tuned on the dataset's val split (clem_icd.fusion.fit_threshold)."""
+    from clem_icd.fusion import FusedModel, fit_threshold
+
+    fused = FusedModel([model, load_model(other_dir)], [1.0, weight], method=method)
+    fit_threshold(fused, dataset)
+    return fused
+
+
 def evaluate(model_dir: Path, data_dir: Path, split: str, out_dir: Path, *, baseline: str = "auto",
-             baseline_options: dict | None = None, console: Console | None = None) -> dict:
+             baseline_options: dict | None = None, fuse_with: Path | None = None, fuse_weight: float = 1.0,
+             fuse_method: str = "rrf", unseen_codes: bool = False, console: Console | None = None) -> dict:
     """Evaluate a model folder (and the baseline) on `split`; returns {column name: metrics}.
     `baseline`: "auto" (the TF-IDF baseline fitted on the dataset with `baseline_options`,
     default hyperparameters when None, cached in `out_dir/baseline_tfidf`), "none", or the
-    folder of a trained baseline."""
+    folder of a trained baseline. `fuse_with`: a model folder to fuse with the model (weight
+    `fuse_weight` against the model's 1, `fuse_method` rrf or mean) as a "fused" column, its
+    threshold tuned on val. `unseen_codes`: the model with its description matcher, ranking
+    codes without a training example too (clem-icd match)."""
     dataset = PreparedDataset.load(data_dir)
     if dataset.split(split).is_empty():
         raise ClemError(f"{data_dir}: no documents in split '{split}'")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = evaluate_model(load_model(model_dir), "model", dataset, split, out_dir)
+    model = load_model(model_dir, unseen_codes=unseen_codes)
+    fused = None
+    if fuse_with is not None:
+        # Tuned first, so that the model's scores on `split` (its own column, next) are the last
+        # it computed when the fused column asks for them again.
+        model = LastScores(model)
+        fused = fused_with(model, fuse_with, dataset, weight=fuse_weight, method=fuse_method)
+    results = evaluate_model(model, "model", dataset, split, out_dir)
     if baseline != "none":
         if baseline == "auto":
-            model = fit_baseline(dataset, out_dir / "baseline_tfidf", baseline_options)
+            baseline_model = fit_baseline(dataset, out_dir / "baseline_tfidf", baseline_options)
         else:
-            model = load_model(baseline)
-        results |= evaluate_model(model, "tfidf", dataset, split, out_dir)
+            baseline_model = load_model(baseline)
+        results |= evaluate_model(baseline_model, "tfidf", dataset, split, out_dir)
+    if fused is not None:
+        results |= evaluate_model(fused, "fused", dataset, split, out_dir)
     write_metrics_json_nested(results, split, out_dir / "metrics.json")
     render_metrics_table(results, console or Console())
     return results

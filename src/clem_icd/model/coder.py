@@ -136,14 +136,25 @@ class ICDCoder(nn.Module):
     @torch.no_grad()
     def init_label_queries_from_descriptions(self, batch_size: int = 64) -> None:
         """Mean-pooled encoder states of each code's description (the code itself when it has
-        none) as the head's label queries."""
-        texts = [d or c for c, d in zip(self.config.codes, self.config.descriptions or [""] * len(self.config.codes))]
+        none) as the head's label queries. `description_text: rich` reads the rich description
+        (clem_icd.codes.rich: inclusion terms, parent category, PCS section and body system), up
+        to 128 tokens; plain descriptions are read up to 64, as before the option existed."""
+        codes = self.config.codes
+        texts = [d or c for c, d in zip(codes, self.config.descriptions or [""] * len(codes))]
+        max_tokens = 64
+        if self.config.description_text == "rich":
+            # Here, not at the top: the codes package loads polars, which a coder does not need.
+            from clem_icd.codes.rich import rich_description
+
+            systems = self.config.code_systems or [""] * len(codes)  # no system: plain text
+            texts = [rich_description(c, s, t) for c, s, t in zip(codes, systems, texts)]
+            max_tokens = 128
         was_training = self.training
         self.eval()
         pooled = []
         for start in range(0, len(texts), batch_size):
             batch = self.tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
-                                   max_length=min(64, self.config.chunk_size), return_tensors="pt")
+                                   max_length=min(max_tokens, self.config.chunk_size), return_tensors="pt")
             batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
             states = self.encode_sequences(batch["input_ids"], batch["attention_mask"])
             mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)

@@ -20,6 +20,9 @@ MODEL_TYPE = "clem_icd"
 TEXT_CLEANINGS = ("none", "edin2023")
 HEAD_KINDS = ("laat", "cross")
 LABEL_QUERY_INITS = ("random", "description")
+# What label_query_init: description reads: the code's plain description, or the rich one
+# (inclusion terms and parent category or PCS section / body system, clem_icd.codes.rich).
+DESCRIPTION_TEXTS = ("plain", "rich")
 # auto: the fastest exact path for the encoder, device and dtype (clem_icd.longcontext for
 # ModernBERT: packed notes and varlen flash attention on CUDA in bf16/fp16, blockwise local
 # attention elsewhere); stock: the encoder's own forward as transformers implements it.
@@ -38,6 +41,7 @@ class CoderSettings:
     chunk_size: int = 8192  # encoder window; == max_length means no chunking
     attention_dim: int = 512
     label_query_init: str = "random"  # random | description
+    description_text: str = "plain"  # plain | rich: the description that label_query_init reads
     attn_implementation: str | None = None  # None: transformers' default for the device (stock path)
     attention: str = "auto"  # auto | stock | blockwise | packed (ModernBERT only), see ATTENTION_PATHS
 
@@ -47,6 +51,9 @@ class CoderSettings:
         if self.label_query_init not in LABEL_QUERY_INITS:
             raise ClemError(f"label_query_init must be one of {', '.join(LABEL_QUERY_INITS)}, "
                             f"got '{self.label_query_init}'")
+        if self.description_text not in DESCRIPTION_TEXTS:
+            raise ClemError(f"description_text must be one of {', '.join(DESCRIPTION_TEXTS)}, "
+                            f"got '{self.description_text}'")
         if self.attention not in ATTENTION_PATHS:
             raise ClemError(f"attention must be one of {', '.join(ATTENTION_PATHS)}, got '{self.attention}'")
         if self.chunk_size < 1 or self.max_length < 1 or self.attention_dim < 1:

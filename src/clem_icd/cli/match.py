@@ -1,0 +1,80 @@
+"""`clem-icd match`: give a trained model a description matcher, so that it can rank codes that
+no training note had (the whole code system, or a new release's codes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+def _counter(update):
+    done = 0
+
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        update(done)
+
+    return step
+
+
+def match(
+    model: Path = typer.Option(..., "--model", "-m", help="Trained model folder; the matcher is written "
+                               "into it (MODEL/matcher), replacing an older one."),
+    data: Path = typer.Option(..., "--data", help="The prepared dataset the model was trained on: its train "
+                              "split says which codes have a training example, and calibrates the matcher "
+                              "(the similarity of a correct unseen code, leave-one-note-out)."),
+    systems: str = typer.Option("icd10cm,icd10pcs", "--systems", help="Code systems of the label space, "
+                                "comma-separated: every ICD-10-CM code (7th characters folded into the "
+                                "code without it) and every ICD-10-PCS code and 4-character prefix, from the "
+                                "installed simple-icd-10-cm and drg packages."),
+    encoder: str = typer.Option(None, "--encoder", help="Sentence encoder (hub id, folder or "
+                                "package://module/folder). Default: the model's pretrained encoder (its "
+                                "recipe's model.encoder), e.g. all-MiniLM-L6-v2 for the CodiEsp recipes."),
+    words: int = typer.Option(16, "--words", help="Passage length in words (notes are cut at sentences, "
+                              "long sentences into half-overlapping windows of this many words)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Texts per forward pass when embedding."),
+) -> None:
+    """Embed every code description of the code systems once, calibrate on the training notes, and
+    save the matcher in the model folder. Then `predict --unseen-codes` / `evaluate --unseen-codes`
+    rank codes without a training example by their calibrated description match, beside the
+    model's own codes. After a new code release, run it again with the updated packages: the new
+    codes are ranked without retraining."""
+    import torch
+
+    from clem_icd.data.dataset import PreparedDataset
+    from clem_icd.errors import ClemError
+    from clem_icd.loading import MATCHER_FOLDER, model_type
+    from clem_icd.matching.code_space import code_space
+    from clem_icd.matching.matcher import DescriptionMatcher
+    from clem_icd.progress import progress_bar
+
+    kind = model_type(model)
+    if encoder is None:
+        encoder = json.loads((model / "config.json").read_text()).get("encoder") if kind == "clem_icd" else None
+        if not encoder:
+            raise ClemError(f"{model}: a {kind} model has no encoder to match descriptions with: give --encoder")
+    if words < 2 or batch_size < 1:
+        raise ClemError("--words must be at least 2 and --batch-size at least 1")
+    train = PreparedDataset.load(data).split("train")
+    if train.is_empty():
+        raise ClemError(f"{data}: no documents in split 'train' (the matcher is calibrated on them)")
+    space = code_space([s.strip() for s in systems.split(",") if s.strip()])
+    seen = {code for codes in train["codes"].to_list() for code in codes}
+    torch.manual_seed(0)
+    texts = sum(len(c.texts) for c in space)
+    with progress_bar(f"embedding {len(space):,} codes' descriptions", texts) as update:
+        matcher = DescriptionMatcher.build(encoder, space, seen, words=words, batch_size=batch_size,
+                                           progress=_counter(update))
+    with progress_bar("calibrating on the training notes", len(train)) as update:
+        fit = matcher.calibrate(train["text"].to_list(), train["codes"].to_list(), progress=_counter(update))
+    matcher.save_pretrained(model / MATCHER_FOLDER)
+    console.print(f"matcher: {len(space):,} codes ({int(matcher.seen.sum()):,} with a training example), "
+                  f"calibrated on {len(train)} notes ({fit['positives']} unseen-code positives of "
+                  f"{fit['pairs']:,} candidates: slope {fit['slope']:.2f}, intercept {fit['intercept']:.2f}) "
+                  f"-> {model / MATCHER_FOLDER}", markup=False, highlight=False)

@@ -1,0 +1,229 @@
+"""DescriptionMatcher: how well each code's description matches some passage of a note.
+
+A sentence encoder (by default the coder's own pretrained encoder before fine-tuning: for the
+MiniLM of the CodiEsp recipes that is all-MiniLM-L6-v2, trained for exactly this kind of
+similarity) embeds every text of every code once (mean-pooled token states, unit length). A note
+is cut into short passages (clem_icd.matching.segments); a code's similarity is the best cosine
+between any of its texts and any passage, and the passage that gave it is the evidence.
+
+Similarity is turned into a probability by a logistic fit on the training notes in the situation
+the matcher is for: for each training note, the candidate codes are those that no *other*
+training note has (what a coder trained without this note would not know), and the note's own
+codes among them are the positives. So the probabilities say how often a description match of
+that strength is a correct unseen code, and can be ranked beside the coder's probabilities.
+
+Saved as a folder (`save_pretrained` / `from_pretrained`): config.json, the encoder and its
+tokenizer (encoder/), the text embeddings in float16 and the text -> code index
+(embeddings.safetensors), and the codes with system, description and whether training saw
+them (codes.tsv).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clem_icd.errors import ClemError
+from clem_icd.matching.code_space import SpaceCode
+from clem_icd.matching.segments import DEFAULT_WORDS, note_passages
+
+MODEL_TYPE = "clem_icd_matcher"
+CANDIDATES_PER_NOTE = 200  # calibration: the best-matching unseen codes of each training note
+
+
+@dataclass
+class MatcherConfig:
+    encoder: str  # where the sentence encoder came from (hub id, folder or package://)
+    words: int = DEFAULT_WORDS  # passage length in words
+    max_tokens: int = 64  # tokens per text and per passage (16 words are ~25 tokens)
+    systems: list[str] = field(default_factory=list)  # code systems of the space
+    calibration: dict = field(default_factory=lambda: {"slope": 1.0, "intercept": 0.0})
+    calibration_notes: int = 0
+    model_type: str = MODEL_TYPE
+
+
+@dataclass
+class MatchResult:
+    similarity: np.ndarray  # (codes,) best cosine per code
+    passages: list[tuple[int, int]]  # the note's passages
+    best_passage: np.ndarray  # (codes,) index into passages of each code's best match (-1: none)
+
+
+class DescriptionMatcher:
+    def __init__(self, config: MatcherConfig, encoder, tokenizer, codes: list[str], systems: list[str],
+                 descriptions: list[str], seen: np.ndarray, text_embeddings: torch.Tensor,
+                 text_code: torch.Tensor):
+        self.config = config
+        self.encoder = encoder.eval()
+        self.tokenizer = tokenizer
+        self.codes, self.systems, self.descriptions = codes, systems, descriptions
+        self.seen = np.asarray(seen, dtype=bool)  # codes with a training example
+        self.text_embeddings = text_embeddings.float()
+        self.text_code = text_code.long()
+        self.index = {code: j for j, code in enumerate(codes)}
+
+    # ------------------------------------------------------------------ building
+
+    @classmethod
+    def build(cls, encoder: str, space: list[SpaceCode], seen_codes: set[str], *, words: int = DEFAULT_WORDS,
+              batch_size: int = 256, progress=None) -> "DescriptionMatcher":
+        """Embed every text of `space` with the encoder (uncalibrated: call `calibrate`)."""
+        from transformers import AutoModel
+
+        from clem_icd.model.coder import load_tokenizer, resolve_encoder
+
+        if not space:
+            raise ClemError("the code space is empty")
+        path = resolve_encoder(encoder)
+        model = AutoModel.from_pretrained(path)
+        config = MatcherConfig(encoder=encoder, words=words, systems=sorted({c.system for c in space}))
+        texts, text_code = [], []
+        for j, entry in enumerate(space):
+            texts.extend(entry.texts)
+            text_code.extend([j] * len(entry.texts))
+        matcher = cls(config, model, load_tokenizer(encoder), [c.code for c in space], [c.system for c in space],
+                      [c.description for c in space], np.array([c.code in seen_codes for c in space]),
+                      torch.zeros(0, model.config.hidden_size), torch.tensor(text_code))
+        # Rounded to float16 as saved, so a matcher scores the same before and after saving.
+        matcher.text_embeddings = matcher.embed(texts, batch_size=batch_size, progress=progress).half().float()
+        return matcher
+
+    @torch.no_grad()
+    def embed(self, texts: list[str], batch_size: int = 64, progress=None) -> torch.Tensor:
+        """Unit-length mean-pooled embeddings (len(texts), hidden), float32. Texts are batched by
+        length (a batch of titles pads to a dozen tokens, not to the longest title)."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.zeros(len(texts), self.encoder.config.hidden_size)
+        device = next(self.encoder.parameters()).device
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
+                                   max_length=self.config.max_tokens, return_tensors="pt")
+            batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+            states = self.encoder(**batch).last_hidden_state.float()
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = (states * mask).sum(1) / mask.sum(1).clamp_min(1)
+            out[rows] = torch.nn.functional.normalize(pooled, dim=-1).cpu()
+            if progress:
+                progress(len(rows))
+        return out
+
+    # ------------------------------------------------------------------ scoring
+
+    def match(self, text: str) -> MatchResult:
+        """Each code's best cosine over the note's passages and the code's texts."""
+        passages = note_passages(text, self.config.words)
+        n_codes = len(self.codes)
+        if not passages:
+            return MatchResult(np.full(n_codes, -1.0, np.float32), [], np.full(n_codes, -1))
+        embedded = self.embed([text[s:e] for s, e in passages])
+        cosine = embedded @ self.text_embeddings.T  # (passages, texts)
+        best_cosine, best_passage = cosine.max(0)
+        per_code = torch.full((n_codes,), -1.0).scatter_reduce(0, self.text_code, best_cosine, "amax")
+        # The passage of each code's best text: among a code's texts, the one whose cosine won.
+        winner = torch.full((n_codes,), -1, dtype=torch.long)
+        won = best_cosine == per_code[self.text_code]
+        winner[self.text_code[won]] = best_passage[won]
+        return MatchResult(per_code.numpy(), passages, winner.numpy())
+
+    def similarities(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), codes) best cosines."""
+        return np.stack([self.match(t).similarity for t in texts]) if texts else np.zeros((0, len(self.codes)), np.float32)
+
+    def probability(self, similarity: np.ndarray) -> np.ndarray:
+        c = self.config.calibration
+        return (1.0 / (1.0 + np.exp(-(c["slope"] * similarity + c["intercept"])))).astype(np.float32)
+
+    # ------------------------------------------------------------------ calibration
+
+    def calibrate(self, texts: list[str], labels: list[list[str]], progress=None) -> dict:
+        """Fit similarity -> probability on training notes, leave-one-note-out (module
+        docstring). Returns the fit and how many pairs it saw."""
+        from sklearn.linear_model import LogisticRegression
+
+        note_counts: dict[str, int] = {}
+        for codes in labels:
+            for code in set(codes):
+                note_counts[code] = note_counts.get(code, 0) + 1
+        counts = np.array([note_counts.get(c, 0) for c in self.codes])
+        xs, ys = [], []
+        for text, codes in zip(texts, labels):
+            similarity = self.match(text).similarity
+            own = np.zeros(len(self.codes), dtype=bool)
+            own[[self.index[c] for c in set(codes) if c in self.index]] = True
+            # Unseen without this note: codes no other training note has.
+            candidates = np.flatnonzero(counts == own)
+            top = candidates[np.argsort(-similarity[candidates], kind="stable")[:CANDIDATES_PER_NOTE]]
+            xs.append(similarity[top])
+            ys.append(own[top])
+            if progress:
+                progress(1)
+        x, y = np.concatenate(xs).reshape(-1, 1), np.concatenate(ys)
+        if y.all() or not y.any():
+            raise ClemError("calibration needs training notes with codes that no other note has, and others "
+                            f"(got {int(y.sum())} positive of {len(y)} candidate pairs)")
+        fit = LogisticRegression(C=1.0).fit(x, y)
+        self.config.calibration = {"slope": float(fit.coef_[0, 0]), "intercept": float(fit.intercept_[0]),
+                                   "pairs": int(len(y)), "positives": int(y.sum())}
+        self.config.calibration_notes = len(texts)
+        return self.config.calibration
+
+    # ------------------------------------------------------------------ saving and loading
+
+    def save_pretrained(self, path: Path | str) -> Path:
+        """Write the matcher folder (to a temporary folder beside it, then renamed)."""
+        import polars as pl
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            (tmp / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+            self.encoder.save_pretrained(tmp / "encoder")
+            self.tokenizer.save_pretrained(tmp / "encoder")
+            save_file({"text_embeddings": self.text_embeddings.half().contiguous(),
+                       "text_code": self.text_code.int().contiguous()}, tmp / "embeddings.safetensors")
+            pl.DataFrame({"code": self.codes, "system": self.systems, "description": self.descriptions,
+                          "seen": self.seen.tolist()}).write_csv(tmp / "codes.tsv", separator="\t")
+            if path.exists():
+                shutil.rmtree(path)
+            tmp.rename(path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: Path | str, device: str | None = None) -> "DescriptionMatcher":
+        import polars as pl
+        from safetensors.torch import load_file
+        from transformers import AutoModel, AutoTokenizer
+
+        path = Path(path)
+        try:
+            values = json.loads((path / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ClemError(f"{path / 'config.json'}: cannot read matcher config ({exc.__class__.__name__})") from None
+        if values.get("model_type") != MODEL_TYPE:
+            raise ClemError(f"{path / 'config.json'}: not a description matcher (model_type {values.get('model_type')!r})")
+        for name in ("embeddings.safetensors", "codes.tsv", "encoder"):
+            if not (path / name).exists():
+                raise ClemError(f"{path / name}: missing from the matcher folder")
+        config = MatcherConfig(**{k: v for k, v in values.items() if k in MatcherConfig.__dataclass_fields__})
+        tensors = load_file(path / "embeddings.safetensors")
+        codes = pl.read_csv(path / "codes.tsv", separator="\t", schema_overrides={"code": pl.String, "system": pl.String,
+                                                                                 "description": pl.String, "seen": pl.Boolean})
+        encoder = AutoModel.from_pretrained(path / "encoder")
+        if device:
+            encoder = encoder.to(device)
+        if len(tensors["text_code"]) != len(tensors["text_embeddings"]) or int(tensors["text_code"].max()) >= len(codes):
+            raise ClemError(f"{path / 'embeddings.safetensors'}: does not match {path / 'codes.tsv'}")
+        return cls(config, encoder, AutoTokenizer.from_pretrained(path / "encoder"), codes["code"].to_list(),
+                   codes["system"].to_list(), codes["description"].fill_null("").to_list(), codes["seen"].to_numpy(),
+                   tensors["text_embeddings"], tensors["text_code"])

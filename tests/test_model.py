@@ -68,6 +68,27 @@ def test_chunked_equals_encoding_each_chunk():
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("head", ["laat", "cross"])
+def test_whole_note_recipe_equals_encoding_each_512_token_chunk(head):
+    """The CodiEsp whole-note setting: the real pretrained MiniLM (512 positions), max_length
+    1536, chunks of 512. A three-chunk note batched with a one-chunk note gets exactly the head
+    over its own chunks, each encoded alone (the last one partial), and so does the short note."""
+    coder = make(None, head=head, max_length=1536, chunk_size=512, label_query_init="description")
+    long = " ".join(["The patient was seen again today and remains stable on the ward."] * 110)
+    notes = coder.tokenize([long, SHORT])
+    assert 1024 < len(notes[0]) <= 1536 and len(notes[1]) < 512
+    ids, mask = pad_batch(notes, 0)
+    with torch.no_grad():
+        got = coder(ids, mask)
+        for row, note in enumerate(notes):
+            note_ids = torch.tensor([note])
+            parts = [coder.encoder(input_ids=note_ids[:, start:start + 512],
+                                   attention_mask=torch.ones_like(note_ids[:, start:start + 512])).last_hidden_state
+                     for start in range(0, len(note), 512)]
+            expected, _ = coder.head(torch.cat(parts, dim=1), torch.ones(1, len(note), dtype=torch.bool))
+            torch.testing.assert_close(got[row:row + 1], expected, rtol=0, atol=1e-4)
+
+
 def test_padding_gets_zero_attention_and_softmax_is_stable():
     scores = torch.tensor([[[1000.0, 1001.0, -3.0, 5000.0]]], dtype=torch.float16)  # exp overflows fp16
     mask = torch.tensor([[True, True, True, False]])

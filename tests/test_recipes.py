@@ -132,3 +132,33 @@ def test_one_definition_of_each_model_option():
     source = inspect.getsource(trainer.train_coder)
     assert "recipe.model.settings()" in source
     assert not any(f"model.{name}" in source for name in settings)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
+def test_learning_rate_schedules_follow_their_formula(schedule):
+    """Every step's rate against the formula, written out here: warm-up capped at 10% of the steps."""
+    import math
+
+    import torch
+
+    from clem_icd.training.recipe import OptimSettings
+    from clem_icd.training.trainer import learning_rate_schedule
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([{"params": [parameter], "lr": 2e-4}])
+    total, warmup = 50, 5  # warmup_steps 8 is capped at 50 // 10
+    scheduler = learning_rate_schedule(optimizer, OptimSettings(learning_rate=2e-4, warmup_steps=8, schedule=schedule), total)
+    for step in range(total):
+        if step < warmup:
+            expected = step / warmup
+        else:
+            progress = (step - warmup) / (total - warmup)
+            expected = {"linear": 1 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress)), "constant": 1.0}[schedule]
+        assert scheduler.get_last_lr()[0] == pytest.approx(2e-4 * expected, abs=1e-12), step
+        optimizer.step()
+        scheduler.step()
+
+
+def test_an_unknown_schedule_is_refused_with_the_choices():
+    with pytest.raises(ClemError, match="optim: schedule must be one of linear, cosine, constant, got 'step'"):
+        load_recipe(None, ["optim.schedule=step"])

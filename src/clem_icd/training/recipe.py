@@ -31,6 +31,9 @@ from clem_icd.model.config import CoderSettings
 MODEL_KINDS = ("clem_icd", "tfidf")
 SECTIONS = ("model", "data", "optim", "train")
 MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
+# After warm-up (linear from 0): linear decay to 0 at the last step of train.epochs (PLM-ICD's),
+# half a cosine down to 0, or constant.
+SCHEDULES = ("linear", "cosine", "constant")
 
 
 @dataclass
@@ -75,8 +78,11 @@ class OptimSettings:
     weight_decay: float = 0.0
     warmup_steps: int = 2000  # optimizer steps; capped at 10% of all steps for short runs
     max_grad_norm: float = 1.0  # 0: no clipping
+    schedule: str = "linear"  # linear | cosine | constant (after warm-up), over train.epochs
 
     def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ClemError(f"optim: schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'")
         if self.learning_rate <= 0 or (self.head_learning_rate is not None and self.head_learning_rate <= 0):
             raise ClemError("optim: learning rates must be positive")
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.max_grad_norm < 0:

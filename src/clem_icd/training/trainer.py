@@ -139,10 +139,19 @@ def tokenise_before_processes_join(dataset: PreparedDataset, settings) -> None:
                  wait=int(os.environ.get("LOCAL_RANK", "0")) != 0)
 
 
+def learning_rate_schedule(optimizer, optim, total_steps: int):
+    """The recipe's schedule (optim.schedule) over `total_steps` optimizer steps, after a linear
+    warm-up of optim.warmup_steps, capped at 10% of the steps for short runs."""
+    from transformers import get_scheduler
+
+    warmup = min(optim.warmup_steps, total_steps // 10)
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[optim.schedule]
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
 def train_coder(recipe: Recipe, dataset: PreparedDataset, output_dir: Path, checkpoint: Path | None = None) -> dict:
     from accelerate import Accelerator, PartialState
     from accelerate.utils import set_seed
-    from transformers import get_linear_schedule_with_warmup
 
     from clem_icd.model import ICDCoder, ICDCoderConfig
 
@@ -193,8 +202,7 @@ def train_coder(recipe: Recipe, dataset: PreparedDataset, output_dir: Path, chec
     else:
         steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
     total_steps = steps_per_epoch * loop.epochs
-    warmup = min(optim.warmup_steps, total_steps // 10)  # short runs: at most 10% warm-up
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    scheduler = learning_rate_schedule(optimizer, optim, total_steps)
     # Not prepared (Accelerate would step it once per process): registered, so that save_state
     # and load_state carry it with the model, optimizer and RNG states.
     accelerator.register_for_checkpointing(scheduler)

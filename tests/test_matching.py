@@ -324,3 +324,28 @@ def test_match_then_predict_and_evaluate_with_unseen_codes(tmp_path, monkeypatch
     assert len(ranking) == len(space)  # every code of the open label space, the dataset's included
     first_two = [line.split("\t")[1] for line in ranking[:2]]
     assert "k35.80" in first_two
+
+
+def test_family_evidence_is_the_models_best_trained_sibling(matcher):
+    """Hand-computed: each matcher code gets the model's highest probability among the trained
+    codes of its CM category / PCS operation; untrained model codes and other families give 0."""
+    from clem_icd.matching.code_space import code_family
+
+    assert code_family("K35.80", "icd10cm") == code_family("K35.89", "icd10cm") != code_family("K36", "icd10cm")
+    assert code_family("0DTJ4ZZ", "icd10pcs") == code_family("0DTJ", "icd10pcs") == "icd10pcs:0DT"
+    model_codes = ["I10", "E11.9", "E11.65", "J45.909", "0DTJ4ZZ"]
+    probabilities = np.array([[0.9, 0.2, 0.7, 0.1, 0.6], [0.1, 0.8, 0.3, 0.5, 0.0]], dtype=np.float32)
+    systems = ["icd10cm"] * 4 + ["icd10pcs"]
+    known = np.array([True, True, False, True, True])  # E11.65 untrained: it gives no evidence
+    evidence = matcher.family_evidence(probabilities, model_codes, systems, known)
+    column = {c: j for j, c in enumerate(matcher.codes)}
+    np.testing.assert_allclose(evidence[:, column["E11.9"]], [0.2, 0.8])
+    np.testing.assert_allclose(evidence[:, column["I10"]], [0.9, 0.1])
+    np.testing.assert_allclose(evidence[:, column["0DTJ"]], [0.6, 0.0])  # the prefix shares 0DT
+    np.testing.assert_allclose(evidence[:, column["K35.80"]], [0.0, 0.0])  # no trained sibling
+    # Default: every model code counts as trained but those this matcher marks unseen (K35.80,
+    # in no training note); E11.65 is outside this matcher's space, so it counts.
+    codes = [*model_codes, "K35.80"]
+    default = matcher.family_evidence(np.hstack([probabilities, [[0.5], [0.4]]]), codes, [*systems, "icd10cm"])
+    np.testing.assert_allclose(default[:, column["E11.9"]], [0.7, 0.8])
+    np.testing.assert_allclose(default[:, column["K35.80"]], [0.0, 0.0])

@@ -39,19 +39,26 @@ def match(
     words: int = typer.Option(16, "--words", help="Passage length in words (notes are cut at sentences, "
                               "long sentences into half-overlapping windows of this many words)."),
     batch_size: int = typer.Option(256, "--batch-size", help="Texts per forward pass when embedding."),
+    family: bool = typer.Option(True, "--family/--no-family", help="Calibrate with the family evidence too: "
+                                "the model's probability for a trained code of the same ICD-10-CM category / "
+                                "ICD-10-PCS operation (scores the training notes with the model once)."),
+    calibrate_only: bool = typer.Option(False, "--calibrate-only", help="Keep the model folder's matcher (its "
+                                        "code space and embeddings) and only fit its calibration again."),
 ) -> None:
     """Embed every code description of the code systems once, calibrate on the training notes, and
     save the matcher in the model folder. Then `predict --unseen-codes` / `evaluate --unseen-codes`
     rank codes without a training example by their calibrated description match, beside the
     model's own codes. After a new code release, run it again with the updated packages: the new
     codes are ranked without retraining."""
+    import numpy as np
     import torch
 
     from clem_icd.data.dataset import PreparedDataset
     from clem_icd.errors import ClemError
-    from clem_icd.loading import MATCHER_FOLDER, model_type
+    from clem_icd.loading import MATCHER_FOLDER, load_model, model_type
     from clem_icd.matching.code_space import code_space
     from clem_icd.matching.matcher import DescriptionMatcher
+    from clem_icd.matching.open_set import OpenSetCoder
     from clem_icd.progress import progress_bar
 
     kind = model_type(model)
@@ -64,17 +71,28 @@ def match(
     train = PreparedDataset.load(data).split("train")
     if train.is_empty():
         raise ClemError(f"{data}: no documents in split 'train' (the matcher is calibrated on them)")
-    space = code_space([s.strip() for s in systems.split(",") if s.strip()])
     seen = {code for codes in train["codes"].to_list() for code in codes}
     torch.manual_seed(0)
-    texts = sum(len(c.texts) for c in space)
-    with progress_bar(f"embedding {len(space):,} codes' descriptions", texts) as update:
-        matcher = DescriptionMatcher.build(encoder, space, seen, words=words, batch_size=batch_size,
-                                           progress=_counter(update))
+    if calibrate_only:
+        matcher = DescriptionMatcher.from_pretrained(model / MATCHER_FOLDER)
+        matcher.seen = np.array([code in seen for code in matcher.codes])
+    else:
+        space = code_space([s.strip() for s in systems.split(",") if s.strip()])
+        texts = len({text for c in space for text in c.texts})
+        with progress_bar(f"embedding {len(space):,} codes' descriptions", texts) as update:
+            matcher = DescriptionMatcher.build(encoder, space, seen, words=words, batch_size=batch_size,
+                                               progress=_counter(update))
+    texts, labels = train["text"].to_list(), train["codes"].to_list()
+    scored = load_model(model) if family else None
     with progress_bar("calibrating on the training notes", len(train)) as update:
-        fit = matcher.calibrate(train["text"].to_list(), train["codes"].to_list(), progress=_counter(update))
+        fit = matcher.calibrate(texts, labels, progress=_counter(update),
+                                model_probabilities=scored.predict_proba(texts) if scored else None,
+                                model_codes=scored.codes if scored else None,
+                                model_systems=OpenSetCoder(scored, matcher).code_systems[:len(scored.codes)]
+                                if scored else None)
     matcher.save_pretrained(model / MATCHER_FOLDER)
-    console.print(f"matcher: {len(space):,} codes ({int(matcher.seen.sum()):,} with a training example), "
+    console.print(f"matcher: {len(matcher.codes):,} codes ({int(matcher.seen.sum()):,} with a training example), "
                   f"calibrated on {len(train)} notes ({fit['positives']} unseen-code positives of "
-                  f"{fit['pairs']:,} candidates: slope {fit['slope']:.2f}, intercept {fit['intercept']:.2f}) "
+                  f"{fit['pairs']:,} candidates: slope {fit['slope']:.2f}, family slope {fit['family_slope']:.2f}, "
+                  f"intercept {fit['intercept']:.2f}) "
                   f"-> {model / MATCHER_FOLDER}", markup=False, highlight=False)

@@ -37,6 +37,16 @@ class SpaceCode:
     texts: tuple[str, ...]  # description first, then inclusion terms
 
 
+def code_family(code: str, system: str) -> str:
+    """The group of codes a code belongs to: its 3-character category for ICD-10-CM (K35.80 ->
+    K35), its section, body system and root operation for ICD-10-PCS (0DTJ4ZZ -> 0DT); the code
+    itself for other systems. A coder that believes a note holds a family's trained code makes
+    an untrained sibling plausible (most of CodiEsp's unseen dev codes have a trained sibling)."""
+    if system in SPACE_SYSTEMS:
+        return f"{system}:{code.replace('.', '')[:3].upper()}"
+    return f"{system}:{code}"
+
+
 def icd10cm_codes() -> list[str]:
     """The tabular list's codes and categories, 7th-character codes folded into their stem."""
     cm = tabular_list()

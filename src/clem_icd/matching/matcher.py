@@ -11,6 +11,10 @@ the matcher is for: for each training note, the candidate codes are those that n
 training note has (what a coder trained without this note would not know), and the note's own
 codes among them are the positives. So the probabilities say how often a description match of
 that strength is a correct unseen code, and can be ranked beside the coder's probabilities.
+A second feature, when the model's probabilities are given, is the family evidence: the model's
+highest probability for a trained code of the same family (code_space.code_family: CM category,
+PCS section + body system + operation), since an unseen code is most often a sibling of a code the
+model knows (K35.89 beside a trained K35.80).
 
 Saved as a folder (`save_pretrained` / `from_pretrained`): config.json, the encoder and its
 tokenizer (encoder/), the text embeddings in float16 and the text -> code index
@@ -30,7 +34,7 @@ import numpy as np
 import torch
 
 from clem_icd.errors import ClemError
-from clem_icd.matching.code_space import SpaceCode
+from clem_icd.matching.code_space import SpaceCode, code_family
 from clem_icd.matching.segments import DEFAULT_WORDS, note_passages
 
 MODEL_TYPE = "clem_icd_matcher"
@@ -43,7 +47,8 @@ class MatcherConfig:
     words: int = DEFAULT_WORDS  # passage length in words
     max_tokens: int = 64  # tokens per text and per passage (16 words are ~25 tokens)
     systems: list[str] = field(default_factory=list)  # code systems of the space
-    calibration: dict = field(default_factory=lambda: {"slope": 1.0, "intercept": 0.0})
+    # probability = sigmoid(slope * similarity + family_slope * family evidence + intercept)
+    calibration: dict = field(default_factory=lambda: {"slope": 1.0, "family_slope": 0.0, "intercept": 0.0})
     calibration_notes: int = 0
     model_type: str = MODEL_TYPE
 
@@ -67,6 +72,27 @@ class DescriptionMatcher:
         self.text_embeddings = text_embeddings.float()
         self.text_code = text_code.long()
         self.index = {code: j for j, code in enumerate(codes)}
+        families = [code_family(c, s) for c, s in zip(codes, systems)]
+        self.family_ids = {f: i for i, f in enumerate(dict.fromkeys(families))}
+        self.family = np.array([self.family_ids[f] for f in families], dtype=np.int64)
+
+    def family_evidence(self, model_probabilities: np.ndarray, model_codes: list[str], model_systems: list[str],
+                        known: np.ndarray | None = None) -> np.ndarray:
+        """(notes, codes of this matcher): the model's highest probability for a trained code of
+        each code's family (0 when the model has none). `known` (per model code) says which of
+        the model's codes count as trained; default: all but those this matcher marks unseen."""
+        if known is None:
+            known = np.array([not (c in self.index and not self.seen[self.index[c]]) for c in model_codes])
+        columns, families = [], []
+        for i, (code, system) in enumerate(zip(model_codes, model_systems)):
+            family = self.family_ids.get(code_family(code, system))
+            if known[i] and family is not None:
+                columns.append(i)
+                families.append(family)
+        out = np.zeros((len(model_probabilities), len(self.family_ids)), dtype=np.float32)
+        if columns:
+            np.maximum.at(out, (slice(None), np.array(families)), np.asarray(model_probabilities)[:, columns])
+        return out[:, self.family]
 
     # ------------------------------------------------------------------ building
 
@@ -87,11 +113,16 @@ class DescriptionMatcher:
         for j, entry in enumerate(space):
             texts.extend(entry.texts)
             text_code.extend([j] * len(entry.texts))
+        # Codes share texts (a prefix and its only code, a stem and its subcategory): each
+        # distinct text is embedded once.
+        distinct = list(dict.fromkeys(texts))
+        position = {text: i for i, text in enumerate(distinct)}
         matcher = cls(config, model, load_tokenizer(encoder), [c.code for c in space], [c.system for c in space],
                       [c.description for c in space], np.array([c.code in seen_codes for c in space]),
                       torch.zeros(0, model.config.hidden_size), torch.tensor(text_code))
         # Rounded to float16 as saved, so a matcher scores the same before and after saving.
-        matcher.text_embeddings = matcher.embed(texts, batch_size=batch_size, progress=progress).half().float()
+        embedded = matcher.embed(distinct, batch_size=batch_size, progress=progress).half().float()
+        matcher.text_embeddings = embedded[torch.tensor([position[text] for text in texts])]
         return matcher
 
     @torch.no_grad()
@@ -136,15 +167,23 @@ class DescriptionMatcher:
         """(len(texts), codes) best cosines."""
         return np.stack([self.match(t).similarity for t in texts]) if texts else np.zeros((0, len(self.codes)), np.float32)
 
-    def probability(self, similarity: np.ndarray) -> np.ndarray:
+    @property
+    def uses_family(self) -> bool:
+        return bool(self.config.calibration.get("family_slope", 0.0))
+
+    def probability(self, similarity: np.ndarray, family: np.ndarray | float = 0.0) -> np.ndarray:
         c = self.config.calibration
-        return (1.0 / (1.0 + np.exp(-(c["slope"] * similarity + c["intercept"])))).astype(np.float32)
+        logit = c["slope"] * similarity + c.get("family_slope", 0.0) * family + c["intercept"]
+        return (1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
 
     # ------------------------------------------------------------------ calibration
 
-    def calibrate(self, texts: list[str], labels: list[list[str]], progress=None) -> dict:
-        """Fit similarity -> probability on training notes, leave-one-note-out (module
-        docstring). Returns the fit and how many pairs it saw."""
+    def calibrate(self, texts: list[str], labels: list[list[str]], progress=None,
+                  model_probabilities: np.ndarray | None = None, model_codes: list[str] | None = None,
+                  model_systems: list[str] | None = None) -> dict:
+        """Fit similarity (and, given the model's probabilities on these notes, family
+        evidence) -> probability on training notes, leave-one-note-out (module docstring).
+        Returns the fit and how many pairs it saw."""
         from sklearn.linear_model import LogisticRegression
 
         note_counts: dict[str, int] = {}
@@ -152,25 +191,38 @@ class DescriptionMatcher:
             for code in set(codes):
                 note_counts[code] = note_counts.get(code, 0) + 1
         counts = np.array([note_counts.get(c, 0) for c in self.codes])
+        family = model_probabilities is not None
+        if family:
+            model_counts = np.array([note_counts.get(c, 0) for c in model_codes])
         xs, ys = [], []
-        for text, codes in zip(texts, labels):
+        for i, (text, codes) in enumerate(zip(texts, labels)):
             similarity = self.match(text).similarity
             own = np.zeros(len(self.codes), dtype=bool)
             own[[self.index[c] for c in set(codes) if c in self.index]] = True
             # Unseen without this note: codes no other training note has.
             candidates = np.flatnonzero(counts == own)
             top = candidates[np.argsort(-similarity[candidates], kind="stable")[:CANDIDATES_PER_NOTE]]
-            xs.append(similarity[top])
+            features = [similarity[top]]
+            if family:
+                # Trained without this note: the model codes some other training note has.
+                own_codes = set(codes)
+                mine = np.array([c in own_codes for c in model_codes])
+                evidence = self.family_evidence(model_probabilities[i:i + 1], model_codes, model_systems,
+                                                model_counts > mine)
+                features.append(evidence[0, top])
+            xs.append(np.stack(features, 1))
             ys.append(own[top])
             if progress:
                 progress(1)
-        x, y = np.concatenate(xs).reshape(-1, 1), np.concatenate(ys)
+        x, y = np.concatenate(xs), np.concatenate(ys)
         if y.all() or not y.any():
             raise ClemError("calibration needs training notes with codes that no other note has, and others "
                             f"(got {int(y.sum())} positive of {len(y)} candidate pairs)")
         fit = LogisticRegression(C=1.0).fit(x, y)
-        self.config.calibration = {"slope": float(fit.coef_[0, 0]), "intercept": float(fit.intercept_[0]),
-                                   "pairs": int(len(y)), "positives": int(y.sum())}
+        self.config.calibration = {"slope": float(fit.coef_[0, 0]),
+                                   "family_slope": float(fit.coef_[0, 1]) if family else 0.0,
+                                   "intercept": float(fit.intercept_[0]), "pairs": int(len(y)),
+                                   "positives": int(y.sum())}
         self.config.calibration_notes = len(texts)
         return self.config.calibration
 

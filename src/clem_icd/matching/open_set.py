@@ -49,16 +49,22 @@ class OpenSetCoder:
     def threshold(self) -> float:
         return self.model.threshold
 
-    def matcher_probabilities(self, texts: list[str]) -> np.ndarray:
-        """(len(texts), len(self.sources)): the matcher's probabilities of the codes it scores."""
-        return self.matcher.probability(self.matcher.similarities(list(texts))[:, self.sources])
+    def family_evidence(self, model_probabilities: np.ndarray) -> np.ndarray | float:
+        """(notes, len(self.sources)) family evidence of the matcher's codes, or 0 when the
+        matcher was calibrated without it."""
+        if not self.matcher.uses_family:
+            return 0.0
+        return self.matcher.family_evidence(model_probabilities, self.model.codes,
+                                            self.code_systems[:len(self.model.codes)])[:, self.sources]
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         if isinstance(texts, str):
             raise TypeError("predict_proba takes a list of texts, not one string")
         out = np.zeros((len(texts), len(self.codes)), dtype=np.float32)
-        out[:, :len(self.model.codes)] = self.model.predict_proba(list(texts))
-        out[:, self.columns] = self.matcher_probabilities(texts)
+        model_probabilities = self.model.predict_proba(list(texts))
+        out[:, :len(self.model.codes)] = model_probabilities
+        similarity = self.matcher.similarities(list(texts))[:, self.sources]
+        out[:, self.columns] = self.matcher.probability(similarity, self.family_evidence(model_probabilities))
         return out
 
     def predict(self, texts: list[str], threshold: float | None = None, top_k: int | None = None) -> list[list[dict]]:
@@ -84,9 +90,13 @@ class OpenSetCoder:
         def predict_notes(texts: list[str]) -> list[dict]:
             threshold = self.threshold if options.threshold is None else options.threshold
             results = base(texts)
-            for text, result in zip(texts, results):
+            # Family evidence needs every code's probability, which the model's note predictor
+            # does not return: one more pass of the model, only when the matcher uses it.
+            family = self.family_evidence(self.model.predict_proba(texts)) if self.matcher.uses_family else None
+            for i, (text, result) in enumerate(zip(texts, results)):
                 match = self.matcher.match(text)
-                probabilities = self.matcher.probability(match.similarity[self.sources])
+                probabilities = self.matcher.probability(match.similarity[self.sources],
+                                                         0.0 if family is None else family[i])
                 codes = [c for c in result["codes"] if c["code"] not in replaced_codes]
                 for k in choose_codes(probabilities, threshold, top_k):
                     entry = {**self._entry(int(self.columns[k]), float(probabilities[k])), "source": SOURCE}

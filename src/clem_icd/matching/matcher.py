@@ -202,14 +202,19 @@ class DescriptionMatcher:
             # Unseen without this note: codes no other training note has.
             candidates = np.flatnonzero(counts == own)
             top = candidates[np.argsort(-similarity[candidates], kind="stable")[:CANDIDATES_PER_NOTE]]
-            features = [similarity[top]]
+            features = [similarity]
             if family:
                 # Trained without this note: the model codes some other training note has.
                 own_codes = set(codes)
                 mine = np.array([c in own_codes for c in model_codes])
                 evidence = self.family_evidence(model_probabilities[i:i + 1], model_codes, model_systems,
-                                                model_counts > mine)
-                features.append(evidence[0, top])
+                                                model_counts > mine)[0]
+                # The candidates a ranking would reach through either feature: the best matches,
+                # and the best matches within the families the model believes in.
+                by_family = candidates[np.lexsort((-similarity[candidates], -evidence[candidates]))]
+                top = np.union1d(top, by_family[:CANDIDATES_PER_NOTE])
+                features.append(evidence)
+            features = [f[top] for f in features]
             xs.append(np.stack(features, 1))
             ys.append(own[top])
             if progress:

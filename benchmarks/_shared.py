@@ -34,3 +34,23 @@ def require(path: Path | str, name: str | None = None) -> Path:
 def shared_path(relative: str) -> Path:
     """`relative` (e.g. "mimic-iv-demo-2.2") inside ../shared/data, checked with `require`."""
     return require(SHARED_DATA / relative, f"../shared/data/{relative}")
+
+
+def codiesp_map(gold: Path, ranking: Path, valid: Path, shared: Path = SHARED_DATA.parent) -> float:
+    """CodiEsp MAP of a ranking file by the official scorer's definition: the project's copy of
+    it, ../shared/tools/codiesp_map.py, run as is (`valid`: the codes a prediction may have)."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(shared / "tools" / "codiesp_map.py"), str(gold), str(ranking), str(valid)],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip())
+
+
+def write_valid_codes(folder: Path, systems: dict[str, str]) -> dict[str, Path]:
+    """valid_D.txt (ICD-10-CM) and valid_P.txt (ICD-10-PCS) in `folder` from code -> system, so
+    that CodiEsp-D and -P are scored apart as the two tracks are. {"D": path, "P": path}."""
+    paths = {}
+    for task, system in (("D", "icd10cm"), ("P", "icd10pcs")):
+        paths[task] = Path(folder) / f"valid_{task}.txt"
+        paths[task].write_text("\n".join(c.lower() for c, s in systems.items() if s == system) + "\n")
+    return paths

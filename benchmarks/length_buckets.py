@@ -12,12 +12,11 @@ the bucket's notes; valid codes = the dataset's codes of that system).
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from _shared import SHARED_DATA, codiesp_map, require, write_valid_codes
 
 from clem_icd.data.dataset import PreparedDataset
 from clem_icd.data.labels import targets_matrix
@@ -39,19 +38,15 @@ def bucket_of(length: int) -> str:
     return f">{EDGES[-1]}"
 
 
-def codiesp_map(gold: Path, ranking: Path, valid: Path, shared: Path) -> float:
-    out = subprocess.run([sys.executable, str(shared / "tools" / "codiesp_map.py"), str(gold), str(ranking), str(valid)],
-                         capture_output=True, text=True, check=True)
-    return float(out.stdout.strip())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, help="NAME=FOLDER, once per model")
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--codiesp", type=Path, required=True)
-    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
+    parser.add_argument("--codiesp", type=Path, default=SHARED_DATA / "codiesp",
+                        help="CodiEsp folder with dev/devD.tsv and dev/devP.tsv (default: ../shared/data/codiesp)")
     args = parser.parse_args()
+    for task in ("D", "P"):  # before any model loads
+        require(args.codiesp / "dev" / f"dev{task}.tsv", f"../shared/data/codiesp/dev/dev{task}.tsv")
 
     dataset = PreparedDataset.load(args.data)
     val = dataset.split("val")
@@ -67,10 +62,7 @@ def main() -> None:
     rows: dict[str, dict[str, tuple]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        valid = {}
-        for task, system in (("D", "icd10cm"), ("P", "icd10pcs")):
-            valid[task] = tmp / f"valid_{task}.txt"
-            valid[task].write_text("\n".join(c.lower() for c, s in systems.items() if s == system) + "\n")
+        valid = write_valid_codes(tmp, systems)
         gold_rows = {task: [line.split("\t") for line in (args.codiesp / "dev" / f"dev{task}.tsv").read_text().splitlines()]
                      for task in ("D", "P")}
         for name, folder in models.items():
@@ -88,7 +80,7 @@ def main() -> None:
                     wanted = {i for i, k in zip(ids, keep) if k}
                     part = tmp / f"gold_{task}_{bucket}.tsv"
                     part.write_text("".join("\t".join(r) + "\n" for r in gold_rows[task] if r[0] in wanted))
-                    maps.append(codiesp_map(part, ranking, valid[task], args.shared))
+                    maps.append(codiesp_map(part, ranking, valid[task]))
                 rows.setdefault(bucket, {})[name] = (int(keep.sum()), edin, *maps)
     print("| tokens | notes | " + " | ".join(f"{n}: mAP | {n}: D MAP | {n}: P MAP" for n in models) + " |")
     print("| --- | ---: | " + " | ".join("---: | ---: | ---:" for _ in models) + " |")

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _shared import SHARED_DATA, codiesp_map, require, write_valid_codes
 
 from clem_icd.data.dataset import PreparedDataset
 from clem_icd.data.labels import targets_matrix
@@ -54,20 +53,16 @@ def unseen_figures(scores: np.ndarray, codes: list[str], gold: list[list[str]], 
     return {"pairs": pairs, **{f"recall@{k}": hits[k] / max(pairs, 1) for k in KS}, "map": float(np.mean(aps))}
 
 
-def codiesp_map(gold: Path, ranking: Path, valid: Path, shared: Path) -> float:
-    out = subprocess.run([sys.executable, str(shared / "tools" / "codiesp_map.py"), str(gold), str(ranking), str(valid)],
-                         capture_output=True, text=True, check=True)
-    return float(out.stdout.strip())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--codiesp", type=Path, required=True, help="CodiEsp folder (dev/devD.tsv, dev/devP.tsv)")
-    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
+    parser.add_argument("--codiesp", type=Path, default=SHARED_DATA / "codiesp",
+                        help="CodiEsp folder with dev/devD.tsv and dev/devP.tsv (default: ../shared/data/codiesp)")
     parser.add_argument("--fuse-with", type=Path, help="also: the open-set model fused (rrf) with this model")
     args = parser.parse_args()
+    for task in ("D", "P"):  # before any model loads
+        require(args.codiesp / "dev" / f"dev{task}.tsv", f"../shared/data/codiesp/dev/dev{task}.tsv")
 
     dataset = PreparedDataset.load(args.data)
     val = dataset.split("val")
@@ -94,10 +89,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        valid = {}
-        for task, system in (("D", "icd10cm"), ("P", "icd10pcs")):
-            valid[task] = tmp / f"valid_{task}.txt"
-            valid[task].write_text("\n".join(c.lower() for c, s in systems.items() if s == system) + "\n")
+        valid = write_valid_codes(tmp, systems)
         print("| setting | CodiEsp-D MAP | CodiEsp-P MAP | mAP (dev codes) | unseen pairs | R@10 | R@20 | R@50 "
               "| R@100 | unseen MAP | s / note |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -108,7 +100,7 @@ def main() -> None:
             per_note = (time.perf_counter() - started) / len(texts)
             ranking = tmp / "ranking.tsv"
             write_codiesp_ranking(val["id"].to_list(), scores, codes, ranking, top_k=min(DEPTH, len(codes)))
-            maps = {task: codiesp_map(args.codiesp / "dev" / f"dev{task}.tsv", ranking, valid[task], args.shared)
+            maps = {task: codiesp_map(args.codiesp / "dev" / f"dev{task}.tsv", ranking, valid[task])
                     for task in ("D", "P")}
             dev_codes = sorted({c for codes_ in gold for c in codes_})
             index = {c: j for j, c in enumerate(codes)}

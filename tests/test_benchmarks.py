@@ -24,6 +24,8 @@ def _benchmark(script: str, *args: str, shared: Path) -> subprocess.CompletedPro
     ("prepare_mimic_iv.py", ["--admissions", "5"], "../shared/data/mimic-iv-demo-2.2"),
     ("codiesp_evidence.py", ["--model", "unused", "--out", "unused.json"],
      "../shared/data/codiesp/dev/devX.tsv"),
+    ("unseen_codes.py", ["--model", "unused", "--data", "unused"], "../shared/data/codiesp/dev/devD.tsv"),
+    ("length_buckets.py", ["--model", "a=unused", "--data", "unused"], "../shared/data/codiesp/dev/devD.tsv"),
 ])
 def test_a_missing_shared_data_folder_is_one_line_and_exit_2(tmp_path, script, args, needed):
     missing = tmp_path / "no-shared-data"
@@ -36,7 +38,8 @@ def test_a_missing_shared_data_folder_is_one_line_and_exit_2(tmp_path, script, a
 
 
 def test_benchmarks_that_read_shared_data_say_so_in_their_help(tmp_path):
-    for script in ("prepare_mimic_iv.py", "codiesp_evidence.py", "predict_speed.py"):
+    for script in ("prepare_mimic_iv.py", "codiesp_evidence.py", "predict_speed.py", "unseen_codes.py",
+                   "length_buckets.py"):
         result = _benchmark(script, "--help", shared=tmp_path / "no-shared-data")
         assert result.returncode == 0, result.stderr
         assert "../shared/data" in result.stdout, script

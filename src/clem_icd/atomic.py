@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from clem_icd.errors import ClemError
+
 
 def write_text_atomic(text: str, path: Path | str) -> None:
     path = Path(path)
@@ -57,3 +59,21 @@ def atomic_folder(path: Path | str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_replaceable(path: Path | str, model_type: str, what: str) -> None:
+    """Refuse to replace a folder that holds something else: `path` may be missing, empty, or
+    a folder whose config.json says `model_type` (`what` names that kind in the message)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ClemError(f"{path}: exists and is not a folder")
+    if not any(path.iterdir()):
+        return
+    try:
+        same = json.loads((path / "config.json").read_text()).get("model_type") == model_type
+    except Exception:  # missing, unreadable or not JSON: not ours to replace
+        same = False
+    if not same:
+        raise ClemError(f"{path}: folder exists and is not {what}; choose another path")

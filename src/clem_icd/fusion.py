@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clem_icd.atomic import atomic_folder, write_json_atomic
+from clem_icd.atomic import atomic_folder, check_replaceable, write_json_atomic
 from clem_icd.choice import choose_codes
 from clem_icd.errors import ClemError
 from clem_icd.version import __version__
@@ -192,7 +192,7 @@ class FusedModel:
         for source in self.sources:
             if _inside(source, path):  # replacing `path` would delete the member being copied
                 raise ClemError(f"{path}: is or contains member folder {source}; choose another path")
-        _check_replaceable(path)
+        check_replaceable(path, MODEL_TYPE, "a fused model")
 
     @classmethod
     def from_pretrained(cls, path: Path | str, load_member: Callable[[Path], object]) -> "FusedModel":
@@ -360,18 +360,3 @@ def _inside(path: Path, folder: Path) -> bool:
     """Whether `path` is `folder` or lies in it (links resolved)."""
     path, folder = Path(path).resolve(), Path(folder).resolve()
     return path == folder or folder in path.parents
-
-
-def _check_replaceable(path: Path) -> None:
-    if not path.exists():
-        return
-    if not path.is_dir():
-        raise ClemError(f"{path}: exists and is not a folder")
-    if not any(path.iterdir()):
-        return
-    try:
-        is_fused = json.loads((path / CONFIG_FILE).read_text()).get("model_type") == MODEL_TYPE
-    except Exception:
-        is_fused = False
-    if not is_fused:
-        raise ClemError(f"{path}: folder exists and is not a fused model; choose another path")

@@ -36,7 +36,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from clem_icd.atomic import atomic_folder, write_json_atomic
+from clem_icd.atomic import atomic_folder, check_replaceable, write_json_atomic
 from clem_icd.choice import choose_codes
 from clem_icd.errors import ClemError
 from clem_icd.version import __version__
@@ -302,7 +302,7 @@ class TfidfCoder:
         from safetensors.numpy import save_file
 
         path = Path(path)
-        _check_replaceable(path)
+        check_replaceable(path, MODEL_TYPE, "a TF-IDF model")
         with atomic_folder(path) as tmp:
             config = {
                 "model_type": MODEL_TYPE,
@@ -398,21 +398,5 @@ def _read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ClemError(f"{path}: expected a JSON object")
     return data
-
-
-def _check_replaceable(path: Path) -> None:
-    if not path.exists():
-        return
-    if not path.is_dir():
-        raise ClemError(f"{path}: exists and is not a folder")
-    if not any(path.iterdir()):
-        return
-    config = path / CONFIG_FILE
-    try:
-        is_tfidf = json.loads(config.read_text()).get("model_type") == MODEL_TYPE
-    except Exception:
-        is_tfidf = False
-    if not is_tfidf:
-        raise ClemError(f"{path}: folder exists and is not a TF-IDF model; choose another path")
 
 

@@ -25,14 +25,13 @@ them (codes.tsv).
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from clem_icd.atomic import atomic_folder, check_replaceable
 from clem_icd.errors import ClemError
 from clem_icd.matching.code_space import SpaceCode, code_family
 from clem_icd.matching.segments import DEFAULT_WORDS, note_passages
@@ -239,9 +238,8 @@ class DescriptionMatcher:
         from safetensors.torch import save_file
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        check_replaceable(path, MODEL_TYPE, "a description matcher")
+        with atomic_folder(path) as tmp:
             (tmp / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
             self.encoder.save_pretrained(tmp / "encoder")
             self.tokenizer.save_pretrained(tmp / "encoder")
@@ -249,11 +247,6 @@ class DescriptionMatcher:
                        "text_code": self.text_code.int().contiguous()}, tmp / "embeddings.safetensors")
             pl.DataFrame({"code": self.codes, "system": self.systems, "description": self.descriptions,
                           "seen": self.seen.tolist()}).write_csv(tmp / "codes.tsv", separator="\t")
-            if path.exists():
-                shutil.rmtree(path)
-            tmp.rename(path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @classmethod

@@ -186,7 +186,7 @@ def test_codiesp_formats(model_dir, tmp_path, run):
 
 def test_codiesp_format_writes_a_ranking_unless_told_otherwise(model_dir, tmp_path, run):
     """CodiEsp-D/P is scored by MAP over a ranking: --format codiesp defaults to threshold 0 and
-    at most 100 codes, not the tuned threshold; an explicit --threshold / --top-k still wins and
+    at most CODIESP_TOP_K codes, not the tuned threshold; an explicit --threshold / --top-k still wins and
     the other formats keep the tuned threshold."""
     import shutil
 

@@ -58,7 +58,7 @@ def match(
     from clem_icd.loading import MATCHER_FOLDER, load_model, model_type
     from clem_icd.matching.code_space import code_space
     from clem_icd.matching.matcher import DescriptionMatcher
-    from clem_icd.matching.open_set import OpenSetCoder
+    from clem_icd.matching.open_set import model_code_details
     from clem_icd.progress import progress_bar
 
     kind = model_type(model)
@@ -88,8 +88,7 @@ def match(
         fit = matcher.calibrate(texts, labels, progress=_counter(update),
                                 model_probabilities=scored.predict_proba(texts) if scored else None,
                                 model_codes=scored.codes if scored else None,
-                                model_systems=OpenSetCoder(scored, matcher).code_systems[:len(scored.codes)]
-                                if scored else None)
+                                model_systems=model_code_details(scored)[0] if scored else None)
     matcher.save_pretrained(model / MATCHER_FOLDER)
     console.print(f"matcher: {len(matcher.codes):,} codes ({int(matcher.seen.sum()):,} with a training example), "
                   f"calibrated on {len(train)} notes ({fit['positives']} unseen-code positives of "

@@ -18,13 +18,21 @@ from clem_icd.choice import choose_codes
 SOURCE = "description match"  # what a code reported by the matcher says it came from
 
 
+def model_code_details(model) -> tuple[list[str], list[str]]:
+    """(systems, descriptions) of a model's codes, whichever kind it is ('' where unknown)."""
+    n = len(model.codes)
+    config = getattr(model, "config", None)
+    systems = getattr(model, "code_systems", None) or getattr(config, "code_systems", None) or [""] * n
+    descriptions = getattr(model, "descriptions", None) or getattr(config, "descriptions", None) or [""] * n
+    return list(systems), list(descriptions)
+
+
 class OpenSetCoder:
     def __init__(self, model, matcher):
         self.model, self.matcher = model, matcher
         in_model = {code: i for i, code in enumerate(model.codes)}
         n = len(model.codes)
-        systems = list(getattr(model, "code_systems", None) or getattr(model.config, "code_systems", None) or [""] * n)
-        descriptions = list(getattr(model, "descriptions", None) or getattr(model.config, "descriptions", None) or [""] * n)
+        systems, descriptions = model_code_details(model)
         columns, sources = [], []  # combined column <- matcher code, for codes without a training example
         self.replaced = []  # model columns whose probability the matcher's replaces
         extra = []

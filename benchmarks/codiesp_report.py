@@ -14,14 +14,16 @@ KEYS = ("f1_micro", "f1_macro", "map", "precision@8", "auc_micro")
 
 def main(root: Path) -> None:
     maps: dict[str, dict[str, float]] = {}
+    wall: dict[str, int] = {}  # training + evaluation, seconds (codiesp_runs.sh)
     for line in (root / "codiesp_map.jsonl").read_text().splitlines():
         record = json.loads(line)
         maps.setdefault(record["recipe"], {})[record["task"]] = record["codiesp_map"]
+        wall[record["recipe"]] = record.get("wall_seconds", 0)
     print("| recipe | threshold | micro-F1 | macro-F1 | mAP | P@8 | AUC micro | CodiEsp-D MAP | CodiEsp-P MAP "
-          "| best epoch | s / epoch |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| best epoch | epochs run | s / epoch | total min |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for recipe, task_maps in maps.items():
-        results = json.loads((root / recipe / "eval_val" / "metrics.json").read_text())["results"]
+        results = json.loads((root / recipe / "eval_dev" / "metrics.json").read_text())["results"]
         name, metrics = next(iter(results.items()))  # the tuned threshold comes first
         trained = json.loads((root / recipe / "metrics.json").read_text())
         log = root / recipe / "metrics.jsonl"
@@ -30,7 +32,8 @@ def main(root: Path) -> None:
         per_epoch = f"{seconds[len(seconds) // 2]:.0f}" if seconds else f"{trained.get('train_seconds', 0):.0f} (fit)"
         cells = [f"{100 * metrics[k]:.1f}" for k in KEYS]
         print(f"| {recipe} | {name.split('@')[1].strip()} | {' | '.join(cells)} | {task_maps.get('D', float('nan')):.3f} "
-              f"| {task_maps.get('P', float('nan')):.3f} | {trained.get('best_epoch', '–')} | {per_epoch} |")
+              f"| {task_maps.get('P', float('nan')):.3f} | {trained.get('best_epoch', '–')} | {len(seconds) or '–'} "
+              f"| {per_epoch} | {wall[recipe] / 60:.0f} |")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ grouped by each note's length in the model's tokens.
     python benchmarks/length_buckets.py --data runs/codiesp/data --codiesp ../shared/data/codiesp \
         --model whole=runs/codiesp/minilm_cross_desc --model trunc512=runs/codiesp/minilm_cross_desc_512
 
+`--model NAME=FOLDER@N` reads the notes of that model cut at N tokens (its saved max_length
+replaced at inference), e.g. `--model whole_read512=runs/codiesp/whole_e8@512`: the same trained
+weights with and without the rest of each note, apart from what training on whole notes adds.
+
 Per bucket: the number of notes, the Edin mAP over those notes, and CodiEsp-D / -P MAP by the
 official scorer's definition (../shared/tools/codiesp_map.py on the ranking, the gold file cut to
 the bucket's notes; valid codes = the dataset's codes of that system).
@@ -38,6 +42,12 @@ def bucket_of(length: int) -> str:
     return f">{EDGES[-1]}"
 
 
+def folder_and_length(spec: str) -> tuple[str, str]:
+    """FOLDER@N -> (FOLDER, "N"); a folder without a trailing @digits -> (FOLDER, "")."""
+    folder, at, read = spec.rpartition("@")
+    return (folder, read) if at and read.isdigit() else (spec, "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, help="NAME=FOLDER, once per model")
@@ -52,7 +62,7 @@ def main() -> None:
     val = dataset.split("val")
     ids, texts, gold = val["id"].to_list(), val["text"].to_list(), val["codes"].to_list()
     models = dict(item.split("=", 1) for item in args.model)
-    first = load_model(next(iter(models.values())))
+    first = load_model(folder_and_length(next(iter(models.values())))[0])
     tokenizer = load_tokenizer(first.config.tokenizer or first.config.encoder)
     lengths = [len(ids_) for ids_ in tokenizer(texts, add_special_tokens=True)["input_ids"]]
     buckets = [bucket_of(n) for n in lengths]
@@ -65,8 +75,11 @@ def main() -> None:
         valid = write_valid_codes(tmp, systems)
         gold_rows = {task: [line.split("\t") for line in (args.codiesp / "dev" / f"dev{task}.tsv").read_text().splitlines()]
                      for task in ("D", "P")}
-        for name, folder in models.items():
+        for name, spec in models.items():
+            folder, read = folder_and_length(spec)
             model = load_model(folder)
+            if read:  # truncation at inference only; the training-time setting is in the folder
+                model.config.max_length = int(read)
             codes = label_space(model.codes, dataset.code_list)
             scores = score_split(model, texts, len(codes))
             targets = targets_matrix(gold, codes)

@@ -101,3 +101,26 @@ def test_mimic_scale_benchmark_runs_small_and_pandas_agrees_with_prepare(mimic_i
     tokenized = re.search(r"^\| clem-icd tokenize \(MiniLM, 512\) \| [\d,.]+ \| [\d,]+ \| [\d,]+ tokens/s", out, re.M)
     assert tokenized or re.search(r"^tokenize: skipped \(", out, re.M), out
     assert not list(tmp_path.iterdir())  # the temporary corpus is removed
+
+
+def test_codiesp_report_row_reads_the_run_files(tmp_path):
+    """One row per run of codiesp_runs.sh: the tuned column's metrics, both CodiEsp MAPs, the
+    median of the epochs' training seconds, how many epochs ran and the total wall minutes."""
+    run = tmp_path / "whole"
+    (run / "eval_dev").mkdir(parents=True)
+    metrics = {"f1_micro": 0.4512, "f1_macro": 0.1234, "map": 0.4478, "precision@8": 0.5, "auc_micro": 0.9}
+    (run / "eval_dev" / "metrics.json").write_text(json.dumps(
+        {"split": "val", "results": {"model @ 0.27": metrics, "model @ 0.50": {k: 0.0 for k in metrics}}}))
+    (run / "metrics.json").write_text(json.dumps({"best_epoch": 9}))
+    epochs = [610.0, 500.0, 530.0, 520.0]  # the first epoch also loads and tokenises
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": i + 1, "train_seconds": s}) + "\n"
+                                               for i, s in enumerate(epochs)))
+    (tmp_path / "codiesp_map.jsonl").write_text(
+        json.dumps({"recipe": "whole", "task": "D", "codiesp_map": 0.4561, "wall_seconds": 2000}) + "\n"
+        + json.dumps({"recipe": "whole", "task": "P", "codiesp_map": 0.4702, "wall_seconds": 2400}) + "\n")
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "codiesp_report.py"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    row = result.stdout.splitlines()[2]
+    median = sorted(epochs)[len(epochs) // 2]  # 530
+    assert row == (f"| whole | 0.27 | 45.1 | 12.3 | 44.8 | 50.0 | 90.0 | 0.456 | 0.470 | 9 | 4 | {median:.0f} | 40 |")

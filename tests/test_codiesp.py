@@ -12,6 +12,7 @@ import pytest
 
 from clem_icd.data.codiesp import prepare_codiesp
 from clem_icd.data.dataset import PreparedDataset
+from clem_icd.data.split import stratified_split
 
 SPLITS = {"train": "train", "dev": "val"}
 
@@ -142,6 +143,35 @@ def test_every_code_has_a_description_without_flags(prepared, codiesp_dir):
 
 
 @pytest.mark.shared_data
+def test_val_from_train_holds_out_a_stratified_share_of_train_and_makes_dev_the_test_split(
+        prepared, codiesp_dir, tmp_path):
+    prepare_codiesp(codiesp_dir, tmp_path / "a", val_from_train=0.2, seed=3)
+    inner = PreparedDataset.load(tmp_path / "a")
+    plain = prepared["en"].documents
+    split_of = dict(inner.documents.select("id", "split").iter_rows())
+    # dev is the test split, note for note; train's notes are train or val, nothing else moves
+    assert {i for i, s in split_of.items() if s == "test"} == set(plain.filter(pl.col("split") == "val")["id"])
+    train_ids = set(plain.filter(pl.col("split") == "train")["id"])
+    assert {i for i, s in split_of.items() if s in ("train", "val")} == train_ids
+    held = [i for i in train_ids if split_of[i] == "val"]
+    assert 0.15 * 500 <= len(held) <= 0.25 * 500  # iterstrat's sizes are close, not exact
+    # texts and codes are those of the plain preparation
+    assert inner.documents.select("id", "text", "codes").sort("id").equals(plain.select("id", "text", "codes").sort("id"))
+    assert inner.manifest["options"]["val_from_train"] == 0.2
+    assert inner.manifest["counts"]["by_split"] == {"train": 500 - len(held), "val": len(held), "test": 250}
+    # deterministic for a seed, another seed holds out other notes
+    prepare_codiesp(codiesp_dir, tmp_path / "b", val_from_train=0.2, seed=3)
+    prepare_codiesp(codiesp_dir, tmp_path / "c", val_from_train=0.2, seed=4)
+    again = dict(PreparedDataset.load(tmp_path / "b").documents.select("id", "split").iter_rows())
+    other = dict(PreparedDataset.load(tmp_path / "c").documents.select("id", "split").iter_rows())
+    assert again == split_of and other != split_of
+    # the held-out share is the stratified splitter's (its quality: test_split.py) on train by id
+    train = plain.filter(pl.col("split") == "train").sort("id")
+    expected = stratified_split(train["codes"].to_list(), 3, (0.8, 0.2, 0.0))
+    assert [split_of[i] for i in train["id"]] == expected
+
+
+@pytest.mark.shared_data
 def test_cli_with_pcs_table(cli, codiesp_dir, mimic_iv_demo, tmp_path):
     """The real command in a fresh interpreter, with PCS descriptions from the demo table."""
     out = tmp_path / "codiesp"
@@ -263,6 +293,8 @@ def test_no_split_folder(tmp_path, run):
     (["--language", "fr"], ["--language"]),
     (["--tasks", "X"], ["--tasks"]),
     (["--pcs-table", "/nonexistent/d_icd_procedures.csv"], ["/nonexistent/d_icd_procedures.csv"]),
+    (["--val-from-train", "1"], ["--val-from-train", "[0, 1)"]),
+    (["--val-from-train", "-0.1"], ["--val-from-train"]),
 ])
 def test_bad_options(arguments, words, tmp_path, run):
     corpus = make_corpus(tmp_path / "codiesp")
@@ -281,6 +313,16 @@ def test_missing_language_folder_and_tsv(tmp_path, run):
     (corpus / "dev" / "text_files_en").rmdir()
     code, _, err = run("prepare", "codiesp", "--codiesp-dir", corpus, "--out", tmp_path / "out", "--tasks", "D")
     assert_one_line_error(code, err, ["text_files_en", "not found"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_val_from_train_needs_train_and_refuses_dev_and_test_together(tmp_path, run):
+    only_dev = make_corpus(tmp_path / "dev_only", splits=("dev",))
+    code, _, err = run("prepare", "codiesp", "--codiesp-dir", only_dev, "--out", tmp_path / "out", "--val-from-train", "0.5")
+    assert_one_line_error(code, err, [str(only_dev), "train/"])
+    all_three = make_corpus(tmp_path / "all", splits=("train", "dev", "test"))
+    code, _, err = run("prepare", "codiesp", "--codiesp-dir", all_three, "--out", tmp_path / "out", "--val-from-train", "0.5")
+    assert_one_line_error(code, err, [str(all_three), "test/"])
     assert not (tmp_path / "out").exists()
 
 

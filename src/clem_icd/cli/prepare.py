@@ -82,13 +82,18 @@ def codiesp(
                                           "(MIMIC-IV layout: icd_code, icd_version, long_title) that adds PCS "
                                           "codes and takes precedence. Not needed: PCS descriptions come with "
                                           "the CMS table of the 'drg' package, CM ones from simple-icd-10-cm."),
+    val_from_train: float = typer.Option(0.0, "--val-from-train", help="Share of train (e.g. 0.2) that becomes "
+                                         "val, split by iterative multi-label stratification with --seed; dev "
+                                         "then becomes test, so that what is tuned on val never sees dev. "
+                                         "0: dev is val."),
+    seed: int = typer.Option(42, "--seed", help="Seed of the --val-from-train split."),
     overwrite: bool = OVERWRITE,
 ) -> None:
     """CodiEsp (CLEF eHealth 2020, CC BY 4.0): clinical case reports with ICD-10-CM / ICD-10-PCS codes."""
     from clem_icd.data.codiesp import prepare_codiesp
 
     report(prepare_codiesp(codiesp_dir, out, language=language, tasks=tasks, pcs_table=pcs_table,
-                           overwrite=overwrite), out)
+                           val_from_train=val_from_train, seed=seed, overwrite=overwrite), out)
 
 
 @app.command("custom")

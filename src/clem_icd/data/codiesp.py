@@ -6,7 +6,10 @@
     DIR/{split}/{split}P.tsv                    id <TAB> ICD-10-PCS code (7 chars or 4-char prefix)
 
 `dev` becomes split `val`; a missing split folder is skipped (the public release has no test
-codes). Every text file is a document, also one that no tsv row mentions (empty code list).
+codes). With `val_from_train` (a fraction), a stratified share of train becomes `val` instead and
+dev becomes `test`: what is tuned (early stopping, threshold, a search over recipes) is then
+chosen on notes from train, and dev is left for the report, as in the protocol of Edin et al.
+Every text file is a document, also one that no tsv row mentions (empty code list).
 Target = P codes, then D codes, as in the MIMIC preparation (procedures first); within each
 group the order of first appearance in the tsv, duplicates removed.
 
@@ -24,6 +27,7 @@ from pathlib import Path
 from clem_icd.codes import CodeDictionary, CodeSystem, normalize_code
 from clem_icd.data.dataset import DatasetWriter, Prepared, input_record
 from clem_icd.data.io import decode_utf8
+from clem_icd.data.split import SPLIT_METHOD, stratified_split
 from clem_icd.errors import ClemError, where
 
 SPLIT_FOLDERS = {"train": "train", "dev": "val", "test": "test"}
@@ -149,10 +153,13 @@ def check_unique_ids(splits: list[CodiEspSplit], language: str) -> None:
 
 def prepare_codiesp(codiesp_dir: Path, out: Path, *, language: str = "en",
                     tasks: str | Sequence[str] = ("D", "P"), pcs_table: Path | None = None,
-                    overwrite: bool = False) -> Prepared:
-    """Write the prepared dataset to `out`; returns its manifest and code check."""
+                    val_from_train: float = 0.0, seed: int = 42, overwrite: bool = False) -> Prepared:
+    """Write the prepared dataset to `out`; returns its manifest and code check. `val_from_train`
+    > 0: that share of train (iterative stratification, `seed`) becomes val, and dev becomes test."""
     if language not in TEXT_FOLDERS:
         raise ClemError(f"--language must be 'en' or 'es', got '{language}'")
+    if not 0.0 <= val_from_train < 1.0:
+        raise ClemError(f"--val-from-train must be a fraction in [0, 1), got {val_from_train}")
     task_list = parse_tasks(tasks)
     codiesp_dir = Path(codiesp_dir)
     # ICD-10-CM and ICD-10-PCS descriptions come with the packages; a d_icd_procedures table,
@@ -162,19 +169,32 @@ def prepare_codiesp(codiesp_dir: Path, out: Path, *, language: str = "en",
     splits = [read_split(folder, SPLIT_FOLDERS[folder.name], language, task_list, code_systems)
               for folder in find_split_folders(codiesp_dir)]
     check_unique_ids(splits, language)
+    names = {part.folder.name: part for part in splits}
+    if val_from_train:
+        if "train" not in names:
+            raise ClemError(f"{codiesp_dir}: --val-from-train needs a train/ folder")
+        if "dev" in names and "test" in names:
+            raise ClemError(f"{codiesp_dir}: --val-from-train makes dev the test split, but there is a "
+                            f"test/ folder too; leave one of them out")
 
     with DatasetWriter(out, overwrite=overwrite) as writer:
         for part in splits:
             ids = sorted(part.texts)
-            writer.write(ids, [part.texts[i] for i in ids], [part.codes[i] for i in ids],
-                         [part.split] * len(ids))
+            labels = [part.split] * len(ids)
+            if val_from_train and part.folder.name == "train":
+                labels = stratified_split([part.codes[i] for i in ids], seed, (1 - val_from_train, val_from_train, 0.0))
+            elif val_from_train and part.folder.name == "dev":
+                labels = ["test"] * len(ids)
+            writer.write(ids, [part.texts[i] for i in ids], [part.codes[i] for i in ids], labels)
         manifest = writer.finish(
             code_systems=code_systems,
             dictionary=dictionary,
             manifest={
                 "source": "codiesp",
                 "options": {"language": language, "tasks": task_list,
-                            "target_order": "P codes, then D codes"},
+                            "target_order": "P codes, then D codes",
+                            **({"val_from_train": val_from_train, "seed": seed, "split_method": SPLIT_METHOD,
+                                "dev_split": "test"} if val_from_train else {})},
                 "inputs": _inputs(splits, language) + ([input_record(Path(pcs_table))] if pcs_table else []),
                 "counts": {
                     "text_files": {p.split: len(p.texts) for p in splits},

@@ -169,11 +169,11 @@ def prepare_codiesp(codiesp_dir: Path, out: Path, *, language: str = "en",
     splits = [read_split(folder, SPLIT_FOLDERS[folder.name], language, task_list, code_systems)
               for folder in find_split_folders(codiesp_dir)]
     check_unique_ids(splits, language)
-    names = {part.folder.name: part for part in splits}
+    folders = {part.folder.name for part in splits}
     if val_from_train:
-        if "train" not in names:
+        if "train" not in folders:
             raise ClemError(f"{codiesp_dir}: --val-from-train needs a train/ folder")
-        if "dev" in names and "test" in names:
+        if "dev" in folders and "test" in folders:
             raise ClemError(f"{codiesp_dir}: --val-from-train makes dev the test split, but there is a "
                             f"test/ folder too; leave one of them out")
 

@@ -1,4 +1,4 @@
-"""Whole notes vs truncated ones, per note length: models side by side on the same val notes,
+"""Whole notes vs truncated ones, per note length: models side by side on the same dev notes,
 grouped by each note's length in the model's tokens.
 
     python benchmarks/length_buckets.py --data runs/codiesp/data --codiesp ../shared/data/codiesp \
@@ -7,6 +7,8 @@ grouped by each note's length in the model's tokens.
 `--model NAME=FOLDER@N` reads the notes of that model cut at N tokens (its saved max_length
 replaced at inference), e.g. `--model whole_read512=runs/codiesp/whole_e8@512`: the same trained
 weights with and without the rest of each note, apart from what training on whole notes adds.
+`--split` names the split that holds the dev notes: `val` (the default preparation) or `test`
+(a dataset prepared with `--val-from-train`, where val is a share of train).
 
 Per bucket: the number of notes, the Edin mAP over those notes, and CodiEsp-D / -P MAP by the
 official scorer's definition (../shared/tools/codiesp_map.py on the ranking, the gold file cut to
@@ -54,13 +56,15 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--codiesp", type=Path, default=SHARED_DATA / "codiesp",
                         help="CodiEsp folder with dev/devD.tsv and dev/devP.tsv (default: ../shared/data/codiesp)")
+    parser.add_argument("--split", default="val", choices=("val", "test"),
+                        help="the split that holds the CodiEsp dev notes: val, or test after --val-from-train")
     args = parser.parse_args()
     for task in ("D", "P"):  # before any model loads
         require(args.codiesp / "dev" / f"dev{task}.tsv", f"../shared/data/codiesp/dev/dev{task}.tsv")
 
     dataset = PreparedDataset.load(args.data)
-    val = dataset.split("val")
-    ids, texts, gold = val["id"].to_list(), val["text"].to_list(), val["codes"].to_list()
+    dev = dataset.split(args.split)
+    ids, texts, gold = dev["id"].to_list(), dev["text"].to_list(), dev["codes"].to_list()
     models = dict(item.split("=", 1) for item in args.model)
     first = load_model(folder_and_length(next(iter(models.values())))[0])
     tokenizer = load_tokenizer(first.config.tokenizer or first.config.encoder)

@@ -378,8 +378,9 @@ def test_predictor_gives_the_same_probabilities_by_a_token_budget():
     # fp32: where autocast runs bf16 natively, its rounding depends on the batch's padded shape,
     # and that (7e-5 here) is not the batching invariance this test pins.
     for stride in (None, 32):
-        fixed = NotePredictor(coder, PredictOptions(batch_size=8, window_stride=stride, precision="fp32")).probabilities(texts)
-        budgeted = NotePredictor(coder, PredictOptions(max_batch_tokens=budget, window_stride=stride, precision="fp32"))
+        common = dict(window_stride=stride, precision="fp32")
+        fixed = NotePredictor(coder, PredictOptions(batch_size=8, **common)).probabilities(texts)
+        budgeted = NotePredictor(coder, PredictOptions(max_batch_tokens=budget, **common))
         np.testing.assert_allclose(budgeted.probabilities(texts), fixed, atol=1e-5)
         windows = budgeted._windows(encode_notes(coder.tokenizer, texts, coder.config.text_cleaning))
         batches = budgeted._batches(windows)

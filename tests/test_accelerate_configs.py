@@ -66,10 +66,6 @@ def launcher_settings(path: Path) -> tuple:
     return args, prepare_multi_gpu_env(args)
 
 
-def test_the_expected_configs_are_there():
-    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(EXPECTED)
-
-
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_config_loads_with_accelerate_and_says_what_its_name_says(name):
     from accelerate.commands.config.config_args import ClusterConfig
@@ -82,12 +78,8 @@ def test_config_loads_with_accelerate_and_says_what_its_name_says(name):
     assert (config.num_machines, config.num_processes) == (machines, 8 * machines)
     assert config.mixed_precision == "bf16"
     assert unknown_nested_keys(path) == []
-    text = path.read_text()
-    # Opens with comments that give the exact launch command.
-    assert text.startswith("#") and f"accelerate launch --config_file configs/accelerate/{name}" in text
-    assert "-m clem_icd.cli train" in text
-    if machines > 1:
-        assert "--machine_rank" in text and "--main_process_ip" in text and config.main_process_ip is None
+    if machines > 1:  # node 0's address is given at launch (--main_process_ip), never baked in
+        assert config.main_process_ip is None
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

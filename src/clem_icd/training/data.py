@@ -42,11 +42,11 @@ class CodedNotes(Dataset):
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random | None,
-                           group: bool) -> list[list[int]]:
+                           group: bool, short_last: bool = False) -> list[list[int]]:
     """Note indices cut into batches of batch_size: shuffled by `rng` (None: in order); with
     `group`, sorted by length within mega-batches of 50 batches before the cut (little padding),
     and the batches shuffled after it (else each mega-batch would run from its longest notes to
-    its shortest)."""
+    its shortest). `short_last`: a smaller last batch stays last after that shuffle."""
     order = list(range(len(lengths)))
     if rng is not None:
         rng.shuffle(order)
@@ -55,7 +55,9 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Rand
         order = [i for s in range(0, len(order), mega) for i in sorted(order[s:s + mega], key=lambda i: -lengths[i])]
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
     if rng is not None and group:
+        short = batches.pop() if short_last and batches and len(batches[-1]) < batch_size else None
         rng.shuffle(batches)
+        batches += [short] if short else []
     return batches
 
 
@@ -78,7 +80,11 @@ class LengthGroupedBatches(Sampler[list[int]]):
 
     def batches(self) -> list[list[int]]:
         rng = random.Random(self.seed + self.epoch) if self.shuffle else None
-        return length_grouped_batches(self.lengths, self.batch_size, rng, self.group)[self.skip:]
+        # The short batch last: Accelerate's sharding of these batches between processes
+        # (BatchSamplerShard, even_batches) leaves out a whole round of batches, one per process,
+        # when a short one ends a round in the middle of the epoch; at the end it completes the
+        # short batch with the epoch's first notes instead, and every process gets as many batches.
+        return length_grouped_batches(self.lengths, self.batch_size, rng, self.group, short_last=True)[self.skip:]
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches())
@@ -89,8 +95,9 @@ class LengthGroupedBatches(Sampler[list[int]]):
 
 @dataclass(frozen=True)
 class MicroBatch:
-    """Notes of one forward pass. `counted` False: a stand-in note whose loss is weighted 0, run
-    only so that a process with no share of a global batch still joins the gradient all-reduce."""
+    """Notes of one forward pass. `counted` False: a stand-in note whose loss is weighted 0 (and
+    whose scores are dropped), run only so that every process runs as many forward passes and
+    joins the same collectives (equal_micro_batches)."""
 
     indices: list[int]
     counted: bool = True
@@ -118,6 +125,22 @@ def budget_micro_batches(notes: list[int], lengths: list[int], max_tokens: int,
     longer than the budget alone)."""
     share = process_share(notes, lengths, process_index, num_processes)
     return token_budget_batches(share, lambda i: lengths[i], max_tokens)
+
+
+def equal_micro_batches(notes: list[int], lengths: list[int], max_tokens: int,
+                        process_index: int = 0, num_processes: int = 1) -> list[MicroBatch]:
+    """This process's `budget_micro_batches` of `notes`, then stand-ins (the shortest of `notes`,
+    `counted` False) up to the number of micro-batches of the busiest process, so that every
+    process runs as many forward passes. Under FSDP (and DeepSpeed ZeRO-3) every forward pass
+    gathers the weights in collectives that all processes must join: a process that stopped
+    early would leave the others waiting forever. Each process computes every process's share
+    (they depend only on `notes` and `lengths`), so no collective is needed to agree."""
+    if not notes:
+        return []
+    counts = [len(budget_micro_batches(notes, lengths, max_tokens, p, num_processes)) for p in range(num_processes)]
+    own = budget_micro_batches(notes, lengths, max_tokens, process_index, num_processes)
+    shortest = min(notes, key=lambda i: lengths[i])
+    return [MicroBatch(m) for m in own] + [MicroBatch([shortest], counted=False)] * (max(counts) - len(own))
 
 
 class TokenBudgetBatches:
@@ -149,12 +172,10 @@ class TokenBudgetBatches:
         return [self._share_of(batch) for batch in self.global_batches()]
 
     def _share_of(self, batch: list[int]) -> GlobalBatch:
-        micro = budget_micro_batches(batch, self.lengths, self.max_batch_tokens, self.process_index, self.num_processes)
-        if not micro:
-            # Fewer notes than processes (a small last batch): run the shortest note, weighted 0.
-            shortest = min(batch, key=lambda i: self.lengths[i])
-            return GlobalBatch(len(batch), [MicroBatch([shortest], counted=False)])
-        return GlobalBatch(len(batch), [MicroBatch(indices) for indices in micro])
+        # Padded with stand-ins to the busiest process's count of micro-batches: also where a
+        # process has no share at all (fewer notes than processes, a small last batch).
+        return GlobalBatch(len(batch), equal_micro_batches(batch, self.lengths, self.max_batch_tokens,
+                                                           self.process_index, self.num_processes))
 
     def __len__(self) -> int:
         """Optimizer steps per epoch: ceil(notes / batch_size), known before the epoch runs."""

@@ -412,3 +412,26 @@ def test_short_import_path_is_the_same_protocol():
     from clem_icd.evaluation import metrics as full
 
     assert short.compute_metrics is full.compute_metrics and short.tune_threshold is full.tune_threshold
+
+
+def test_predict_and_metrics_choose_the_same_codes_for_a_score_between_float32_and_float64_of_the_threshold():
+    """choose_codes (predict, serve) and the metrics (evaluate) compare score > threshold the
+    same way: the float32 score's exact value against the float64 threshold."""
+    from clem_icd.choice import choose_codes
+
+    threshold = 0.31
+    score = np.float32(0.31)
+    # The case: float32(0.31) is above 0.31, but not above 0.31 rounded to float32.
+    assert float(score) > threshold and not score > np.float32(threshold)
+    below = np.nextafter(score, np.float32(0))  # the float32 just under it, which is under 0.31
+    assert float(below) < threshold
+    scores = np.array([[score, below, 0.9], [below, score, 0.1]], dtype=np.float32)
+    chosen = [choose_codes(row, threshold, None) for row in scores]
+    assert chosen == [[2, 0], [1]]  # best first; the float32(0.31) scores are in, the ones below out
+    # Targets = exactly what predict chose: the metrics at the same threshold see no error.
+    targets = np.zeros(scores.shape, dtype=bool)
+    for i, columns in enumerate(chosen):
+        targets[i, columns] = True
+    metrics = compute_metrics(scores, targets, threshold)
+    assert metrics["exact_match_ratio"] == 1.0
+    assert metrics["precision_micro"] == metrics["recall_micro"] == 1.0

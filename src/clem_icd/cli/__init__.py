@@ -18,6 +18,7 @@ from clem_icd.cli import match as match_cli
 from clem_icd.cli import model as model_cli
 from clem_icd.cli import predict as predict_cli
 from clem_icd.cli import prepare as prepare_cli
+from clem_icd.cli import report as report_cli
 from clem_icd.cli import serve as serve_cli
 from clem_icd.errors import ClemError
 from clem_icd.progress import set_enabled
@@ -40,6 +41,7 @@ app.command("fuse")(fuse_cli.fuse)
 app.command("match")(match_cli.match)
 app.command("predict")(predict_cli.predict)
 app.command("evaluate-evidence")(evaluate_evidence_cli.evaluate_evidence)
+app.command("report")(report_cli.report)
 app.command("serve")(serve_cli.serve)
 app.command("demo")(model_cli.demo)
 app.command("recipes")(model_cli.recipes)

@@ -18,6 +18,7 @@ from clem_icd.atomic import write_json_atomic, write_text_atomic
 from clem_icd.evaluation.metrics import METRIC_KEYS
 
 COUNT_KEYS = ("documents", "codes")  # shown as counts, not percentages
+INTERVALS = "ci95"  # a column's bootstrap intervals: {metric: [low, high] or None}
 
 
 def write_per_code_csv(table: pl.DataFrame, path: Path | str) -> None:
@@ -68,9 +69,18 @@ def json_value(value):
     return value if math.isfinite(value) else None
 
 
+def json_tree(value):
+    """json_value through mappings and lists (a column's ci95: {metric: [low, high] or None})."""
+    if isinstance(value, Mapping):
+        return {str(key): json_tree(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_tree(item) for item in value]
+    return json_value(value)
+
+
 def write_metrics_json(metrics: Mapping[str, float], path: Path | str) -> None:
     """The metrics dict as JSON, keys in the given order; undefined values (NaN) as null."""
-    write_json_atomic({str(key): json_value(value) for key, value in metrics.items()}, path)
+    write_json_atomic({str(key): json_tree(value) for key, value in metrics.items()}, path)
 
 
 def _cell(key: str, value) -> str:
@@ -82,15 +92,28 @@ def _cell(key: str, value) -> str:
     return f"{100 * float(value):.1f}"
 
 
+def _interval_cell(key: str, row: Mapping) -> str:
+    """The value, and its bootstrap interval when the column has one: '45.6 [44.1, 47.0]'."""
+    cell = _cell(key, row.get(key))
+    interval = (row.get(INTERVALS) or {}).get(key)
+    if interval is None:
+        return cell
+    return f"{cell} [{_cell(key, interval[0])}, {_cell(key, interval[1])}]"
+
+
 def render_metrics_table(results: Mapping[str, Mapping[str, float]], console: Console) -> None:
-    """One column per model/setting, one row per metric (the protocol's order, then any others)."""
-    table = Table(title="Metrics (%)", show_lines=False)
+    """One column per model/setting, one row per metric (the protocol's order, then any others);
+    a column's bootstrap intervals (its "ci95") beside its values."""
+    with_intervals = any(INTERVALS in row for row in results.values())
+    # "\\[": a bracket in a rich title would be read as markup.
+    title = "Metrics (%)" + (", \\[low, high]: bootstrap 95% interval" if with_intervals else "")
+    table = Table(title=title, show_lines=False)
     table.add_column("metric", style="bold")
     for name in results:
         table.add_column(str(name), justify="right")
     keys = [key for key in METRIC_KEYS if any(key in row for row in results.values())]
     for row in results.values():
-        keys += [key for key in row if key not in keys]
+        keys += [key for key in row if key not in keys and key != INTERVALS]
     for key in keys:
-        table.add_row(key, *(_cell(key, row.get(key)) for row in results.values()))
+        table.add_row(key, *(_interval_cell(key, row) for row in results.values()))
     console.print(table)

@@ -145,7 +145,7 @@ def main() -> None:
     checks = exactness(args, encoder, device)
     print(f"{'system':<11} {'step':<8} {'seconds':>8} {'tokens/s':>9} {'MFU':>6} {'peak GiB':>9} {'x stock':>8} "
           f"{'max|diff|':>10}")
-    rows, reference, stock_seconds = [], None, {}
+    rows, reference, stock_seconds, failed = [], None, {}, []
     for system in args.systems:
         attention, implementation = {"stock-sdpa": ("stock", "sdpa"), "stock-flex": ("stock", "flex_attention"),
                                      "packed": ("packed", None), "blockwise": ("blockwise", None)}[system]
@@ -174,8 +174,11 @@ def main() -> None:
                 torch.cuda.empty_cache()
         except Exception as exc:  # one system failing (e.g. flex on an old driver) leaves the others
             print(f"{system:<11} failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:150]}", flush=True)
+            failed.append(system)
     if args.out:
         args.out.write_text(json.dumps({"device": name, "torch": torch.__version__, "exactness": checks, "rows": rows}, indent=1))
+    if failed:  # after the others' figures are written: gpu.sh records the stage as failed
+        raise SystemExit(f"failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

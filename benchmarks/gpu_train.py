@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=8192, help="model.max_length; notes are built to fill it")
     parser.add_argument("--codes", type=int, default=7942)
     parser.add_argument("--val-notes", type=int, default=32)
+    parser.add_argument("--test-notes", type=int, help="default: a quarter of --val-notes (at least 1)")
     parser.add_argument("--layers", type=int, default=0, help="0: ModernBERT-base's 22")
     parser.add_argument("--no-gradient-checkpointing", action="store_true",
                         help="the recipe checkpoints activations (less memory, ~1/3 more compute)")
@@ -147,7 +148,8 @@ def main() -> None:
         if not (data / "documents.parquet").is_file():
             started = time.perf_counter()
             make_data(data, train_notes=args.steps * args.batch_size, val_notes=args.val_notes,
-                      test_notes=max(1, args.val_notes // 4), tokens=args.tokens, codes=args.codes)
+                      test_notes=max(1, args.val_notes // 4) if args.test_notes is None else args.test_notes,
+                      tokens=args.tokens, codes=args.codes)
             print(f"# data: {data} built in {time.perf_counter() - started:.0f} s", flush=True)
         if args.make_data_only:
             return
@@ -171,11 +173,11 @@ def run(args, data: Path, output: Path, encoder: dict, extra: list[str]) -> None
     train(recipe, data, output)
     wall = time.perf_counter() - started
 
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
-        return  # under accelerate launch: the main process reports
-    processes = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    # Under accelerate launch the main process reports. The launcher's environment says which one
+    # it is: the trainer's end_training has taken the process group down by now.
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
     log = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines() if line.strip()]
     seconds = sum(row["train_seconds"] for row in log)
     steps = log[-1]["step"]
@@ -196,7 +198,7 @@ def run(args, data: Path, output: Path, encoder: dict, extra: list[str]) -> None
         mfu = flops_per_s / (peak * processes) if peak else float("nan")
     else:
         peak_memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
-        device, mfu = "cpu", float("nan")
+        device, mfu = f"cpu x {processes}", float("nan")
     figures = {"device": device, "torch": torch.__version__, "layers": encoder["num_hidden_layers"],
                "hidden": encoder["hidden_size"], "codes": args.codes, "max_length": args.tokens,
                "batch_size": args.batch_size, "max_batch_tokens": args.max_batch_tokens,

@@ -124,3 +124,27 @@ def test_codiesp_report_row_reads_the_run_files(tmp_path):
     row = result.stdout.splitlines()[2]
     median = sorted(epochs)[len(epochs) // 2]  # 530
     assert row == (f"| whole | 0.27 | 45.1 | 12.3 | 44.8 | 50.0 | 90.0 | 0.456 | 0.470 | 9 | 4 | {median:.0f} | 40 |")
+
+
+@pytest.mark.slow
+def test_gpu_script_smoke_runs_every_stage_on_cpu(tmp_path):
+    """benchmarks/gpu.sh --smoke: the GPU run's four stages on CPU with a tiny model (long
+    context against stock, a short training, evaluate of its model, two launched processes),
+    each recorded ok in stages.tsv, their figures in summary.txt: the device script cannot rot
+    unseen between the rare runs on a GPU."""
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(["bash", str(BENCHMARKS / "gpu.sh"), "--smoke"], capture_output=True, text=True,
+                            timeout=400, env=env, cwd=tmp_path)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    stages = [line.split("\t") for line in (out / "stages.tsv").read_text().splitlines()]
+    assert [(name, status) for name, status, _ in stages] == [
+        ("long_context", "ok"), ("train", "ok"), ("evaluate", "ok"), ("fsdp", "ok")]
+    assert {row["system"] for row in json.loads((out / "long_context.json").read_text())["rows"]} == {
+        "stock-sdpa", "packed"}
+    assert json.loads((out / "evaluate" / "model_metrics.json").read_text())["documents_per_second"] > 0
+    two = json.loads((out / "fsdp_train.json").read_text())
+    assert two["steps"] == 3 and two["device"] == "cpu x 2"
+    assert (out / "fsdp.txt").read_text().count("\nsteps: ") == 1  # the main process reports, alone
+    summary = (out / "summary.txt").read_text()
+    assert "notes/s" in summary and "fsdp_train: cpu" in summary, summary

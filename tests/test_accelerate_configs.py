@@ -142,6 +142,7 @@ def test_misspelt_keys_are_caught(tmp_path):
     assert unknown_nested_keys(deepspeed) == ["deepspeed_config.zero_stag"]
 
 
+@pytest.mark.slow
 def test_gpu_train_benchmark_smoke_prints_its_figures():
     """benchmarks/gpu_train.py --smoke: the whole path (synthetic long notes, the trainer with the
     shipped MIMIC recipe, the figures) on a tiny ModernBERT on CPU."""

@@ -31,8 +31,10 @@ ICD10 = {"I10": ("vextrane", CodeSystem.ICD10CM), "J18.9": ("gryphonic", CodeSys
          "0BH17EZ": ("tubulant", CodeSystem.ICD10PCS)}
 
 
-def write_dataset(out, codes: dict, n: int = 90, seed: int = 0):
-    """A prepared dataset whose codes are each announced by one made-up trigger word."""
+def write_dataset(out, codes: dict, n: int = 90, seed: int = 0, clean_text: bool = False):
+    """A prepared dataset whose codes are each announced by one made-up trigger word; with
+    `clean_text`, its manifest says the notes went through the Edin 2023 cleaning (these
+    lower-case words are what that cleaning gives)."""
     rng = np.random.default_rng(seed)
     names = list(codes)
     ids, texts, labels = [], [], []
@@ -48,7 +50,8 @@ def write_dataset(out, codes: dict, n: int = 90, seed: int = 0):
     with DatasetWriter(out) as writer:
         writer.write(ids, texts, labels, splits)
         writer.finish(code_systems={c: system for c, (_, system) in codes.items()}, dictionary=CodeDictionary(),
-                      manifest={"source": "test", "options": {"seed": seed}, "inputs": []})
+                      manifest={"source": "test", "options": {"seed": seed, "clean_text": clean_text},
+                                "inputs": []})
     return out
 
 
@@ -106,6 +109,33 @@ def test_old_folders_without_code_systems_guess_icd10_with_a_warning(icd9_dir, t
     assert model.code_systems[model.codes.index("96.04")] == "icd10cm"  # the old guess
 
 
+def test_a_baseline_fitted_on_cleaned_text_reads_new_notes_cleaned(icd9_dir, tmp_path):
+    """The dataset's text cleaning is recorded in the folder and applied to new notes, as the
+    neural coder does: a raw note scores exactly as its cleaned form."""
+    from clem_icd.baselines.fit import matches
+    from clem_icd.data.text import clean_text
+
+    dataset = PreparedDataset.load(write_dataset(tmp_path / "data", ICD10, clean_text=True))
+    model, _ = fit_tfidf_baseline(dataset, None, tmp_path / "model", n_jobs=1)
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["text_cleaning"] == "edin2023"
+    raw = "Patient VEXTRANE_gryphonic 12 noted; Tubulant-2 today 3 4 stable."
+    cleaned = clean_text(raw)
+    assert cleaned == "patient vextrane gryphonic noted tubulant today stable"
+    for loaded in (model, TfidfCoder.from_pretrained(tmp_path / "model")):
+        assert np.array_equal(loaded.predict_proba([raw]), loaded.predict_proba([cleaned]))
+        assert loaded.predict([raw], threshold=0.0) == loaded.predict([cleaned], threshold=0.0)
+    # Read raw, the note is other words (one token 'vextrane_gryphonic', the bigrams with 12):
+    # what the check above would catch.
+    model.text_cleaning = "none"
+    assert not np.array_equal(model.predict_proba([raw]), model.predict_proba([cleaned]))
+    assert not matches(model, dataset, None)  # evaluate's cache refits a baseline that reads otherwise
+    model.text_cleaning = "edin2023"
+    assert matches(model, dataset, None)
+    # A dataset of raw text: nothing is cleaned.
+    raw_model, _ = fit_tfidf_baseline(PreparedDataset.load(icd9_dir), None, None, n_jobs=1)
+    assert raw_model.text_cleaning == "none"
+
+
 def test_predict_has_the_shape_of_the_neural_coder(icd9_dir):
     dataset = PreparedDataset.load(icd9_dir)
     model, _ = fit_tfidf_baseline(dataset, None, None, n_jobs=1)
@@ -113,8 +143,9 @@ def test_predict_has_the_shape_of_the_neural_coder(icd9_dir):
     probabilities = model.predict_proba([text])[0]
     (codes,) = model.predict([text], threshold=0.0)
     assert [c["code"] for c in codes] == [model.codes[j] for j in np.argsort(-probabilities, kind="stable")]
-    assert set(codes[0]) == {"code", "system", "description", "probability"}
-    assert [c["probability"] for c in codes] == sorted((c["probability"] for c in codes), reverse=True)
+    assert set(codes[0]) == {"code", "system", "description", "score", "probability"}
+    assert all(c["probability"] == c["score"] for c in codes)  # its scores are probabilities
+    assert [c["score"] for c in codes] == sorted((c["score"] for c in codes), reverse=True)
     assert len(model.predict([text], threshold=0.0, top_k=1)[0]) == 1
     assert model.predict([text], threshold=1.0) == [[]]
     notes = model.note_predictor(PredictOptions(threshold=0.0, top_k=2))([text])

@@ -20,6 +20,7 @@ def _benchmark(script: str, *args: str, shared: Path) -> subprocess.CompletedPro
                           text=True, timeout=300, env=env, cwd=shared.parent)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("script", "args", "needed"), [
     ("prepare_mimic_iv.py", ["--admissions", "5"], "../shared/data/mimic-iv-demo-2.2"),
     ("codiesp_evidence.py", ["--model", "unused", "--out", "unused.json"],
@@ -37,6 +38,7 @@ def test_a_missing_shared_data_folder_is_one_line_and_exit_2(tmp_path, script, a
     assert not list(tmp_path.iterdir())  # nothing created
 
 
+@pytest.mark.slow
 def test_benchmarks_that_read_shared_data_say_so_in_their_help(tmp_path):
     for script in ("prepare_mimic_iv.py", "codiesp_evidence.py", "predict_speed.py", "unseen_codes.py",
                    "length_buckets.py"):
@@ -45,6 +47,7 @@ def test_benchmarks_that_read_shared_data_say_so_in_their_help(tmp_path):
         assert "../shared/data" in result.stdout, script
 
 
+@pytest.mark.slow
 def test_long_context_benchmark_runs_and_its_fast_paths_equal_stock(tmp_path):
     """benchmarks/long_context.py end to end on a one-layer encoder and a mixed batch: every
     system runs, every ModernBERT row equals stock (states and logits), one JSON row each."""
@@ -64,6 +67,7 @@ def test_long_context_benchmark_runs_and_its_fast_paths_equal_stock(tmp_path):
             assert row["diff_hidden"] < 1e-5 and row["diff_logits"] < 1e-5, row
 
 
+@pytest.mark.slow
 def test_service_load_test_runs_bounded_and_reports_every_row(tmp_path, trigger_model):
     from trigger_fixture import trigger_note
 
@@ -83,6 +87,7 @@ def test_service_load_test_runs_bounded_and_reports_every_row(tmp_path, trigger_
     assert result.stdout.count("\n| on |") == 4 and result.stdout.count("\n| off |") == 4
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_mimic_scale_benchmark_runs_small_and_pandas_agrees_with_prepare(mimic_iv_demo, tmp_path):
     """benchmarks/mimic_scale.py end to end on a tiny corpus: prepare and the pandas version of
@@ -103,6 +108,7 @@ def test_mimic_scale_benchmark_runs_small_and_pandas_agrees_with_prepare(mimic_i
     assert not list(tmp_path.iterdir())  # the temporary corpus is removed
 
 
+@pytest.mark.slow
 def test_codiesp_report_row_reads_the_run_files(tmp_path):
     """One row per run of codiesp_runs.sh: the tuned column's metrics, both CodiEsp MAPs, the
     median of the epochs' training seconds, how many epochs ran and the total wall minutes."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from model_fixtures import minilm_path
 
 
+@pytest.mark.slow
 def test_demo_runs_offline_and_reports(tmp_path, run, monkeypatch):
     minilm_path()  # skips (or fails under CI) without the packaged MiniLM
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -25,6 +25,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from launch_fixtures import cpu_worker_env
 from model_fixtures import minilm_path, tiny_bert
 
 from clem_icd.data.synthetic import make_synthetic_dataset
@@ -123,16 +124,6 @@ def test_the_precision_training_scored_in_matters(trained, corpus):
 # ------------------------------------------------------------------ several processes
 
 
-def worker_env() -> dict:
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1] / "src"),
-                                                                                 str(Path(__file__).parent),
-                                                                                 os.environ.get("PYTHONPATH")]))}
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    return env
-
-
 def launch(processes: int, record: Path, *args, timeout: int = 300) -> None:
     """`clem-icd ARGS` on `processes` CPU processes (torchrun; 1: a plain interpreter), the
     files each one wrote recorded in `record`. A run past `timeout` fails instead of hanging."""
@@ -142,7 +133,7 @@ def launch(processes: int, record: Path, *args, timeout: int = 300) -> None:
                [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
                 *worker])
     try:
-        result = subprocess.run(command, env=worker_env(), capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(command, env=cpu_worker_env(), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{args[0]} on {processes} processes still going after {timeout} s: a collective left "
                     f"waiting? {(exc.stderr or b'')[-3000:]!r}")
@@ -488,7 +479,7 @@ def test_unseen_codes_on_several_processes_gather_what_one_computes(open_folder)
 def test_the_memory_benchmark_runs_and_reports_both_paths():
     script = Path(__file__).parents[1] / "benchmarks" / "unseen_codes_memory.py"
     result = subprocess.run([sys.executable, str(script), "--notes", "12", "--codes", "3000", "--model-codes", "300"],
-                            env=worker_env(), capture_output=True, text=True, timeout=300)
+                            env=cpu_worker_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| top-k | 12 |" in result.stdout and "| dense | 12 |" in result.stdout
     assert "19,802 notes (MIMIC-IV test, extrapolated)" in result.stdout

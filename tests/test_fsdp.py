@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from model_fixtures import minilm_path, tiny_modernbert
 
@@ -109,6 +110,7 @@ def test_save_pretrained_writes_a_given_state_dict(tmp_path):
 # ---------------------------------------------------------------------- two processes
 
 
+@pytest.mark.slow
 def test_layer_wrapped_fsdp_runs_the_fast_path_and_saves_the_best_model(tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1] / "src"),

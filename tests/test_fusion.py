@@ -68,8 +68,10 @@ def test_rrf_scores_equal_a_hand_computation():
     assert best_everywhere[0] == 1.0 and (best_everywhere >= 0).all()  # in [0, 1], 1 = best in every member
     (codes,) = fused.predict(["note0"], threshold=0.0)
     assert [c["code"] for c in codes] == ["c", "b", "d", "a"]
+    # A rank score is reported as a score, never as a probability.
+    assert fused.score_kind == "rank score"
     assert codes[0] == {"code": "c", "system": "icd10cm", "description": "about c",
-                        "probability": pytest.approx((1 / 63 + 2 / 61) / norm, rel=1e-6)}
+                        "score": pytest.approx((1 / 63 + 2 / 61) / norm, rel=1e-6)}
 
 
 def test_mean_is_the_weighted_mean_of_the_probabilities():
@@ -77,6 +79,15 @@ def test_mean_is_the_weighted_mean_of_the_probabilities():
     (note0, _) = _scores(fused)
     assert note0 == pytest.approx({"a": 0.9 / 4, "b": (0.5 + 3 * 0.2) / 4, "c": (0.1 + 3 * 0.8) / 4,
                                    "d": 3 * 0.6 / 4}, rel=1e-6)
+    # A mean of probabilities is a probability, and is reported as one.
+    assert fused.score_kind == "probability"
+    (codes, _) = fused.predict(NOTES, threshold=0.0)
+    assert {c["code"]: c["probability"] for c in codes} == {c["code"]: c["score"] for c in codes} == \
+           pytest.approx(note0, rel=1e-6)
+    # A mean over a member that gives rank scores averages ranks: no probability either.
+    over_ranks = FusedModel([A, FusedModel([A, B])], method="mean")
+    assert over_ranks.score_kind == "rank score"
+    assert all("probability" not in c and "score" in c for c in over_ranks.predict(NOTES, threshold=0.0)[0])
 
 
 def test_ranks_are_deterministic_and_ignore_the_members_column_order():
@@ -102,7 +113,7 @@ def test_ranks_are_deterministic_and_ignore_the_members_column_order():
     permuted = FusedModel([Stub([codes_a[j] for j in order], rows_a[:, order]), Stub(codes_b, rows_b)])
     assert _scores(permuted, texts) == _scores(fused, texts)
     for note, reference in zip(permuted.predict(texts, threshold=0.0), first):
-        assert [c["probability"] for c in note] == [c["probability"] for c in reference]
+        assert [c["score"] for c in note] == [c["score"] for c in reference]
 
 
 def test_weight_zero_on_a_member_reproduces_the_other_members_ranking():
@@ -264,7 +275,7 @@ def test_a_neural_member_reads_notes_with_its_own_options(tmp_path):
     truncating = fused.note_predictor(PredictOptions(threshold=0.0))(texts)
     assert [note["truncated"] for note in truncating] == [False, True]
     for note, row in zip(truncating, fused.predict_proba(texts)):
-        assert {c["code"]: c["probability"] for c in note["codes"]} == \
+        assert {c["code"]: c["score"] for c in note["codes"]} == \
                pytest.approx(dict(zip(fused.codes, map(float, row))), abs=1e-6)
     windowed = fused.note_predictor(PredictOptions(threshold=0.0, window_stride=40))(texts)
     assert [note["truncated"] for note in windowed] == [False, False]
@@ -273,7 +284,7 @@ def test_a_neural_member_reads_notes_with_its_own_options(tmp_path):
     assert [note["truncated"] for note in nested.note_predictor(PredictOptions(window_stride=40))(texts)] == \
            [False, False]
     (note, _) = nested.note_predictor(PredictOptions(threshold=0.0))(texts)
-    assert {c["code"]: c["probability"] for c in note["codes"]} == \
+    assert {c["code"]: c["score"] for c in note["codes"]} == \
            pytest.approx(dict(zip(nested.codes, map(float, nested.predict_proba(texts)[0]))), abs=1e-6)
 
 

@@ -275,6 +275,27 @@ def test_matcher_folder_round_trip(matcher, tmp_path):
         DescriptionMatcher.from_pretrained(folder)
 
 
+def test_a_matcher_folder_with_a_key_this_version_does_not_know_is_refused(matcher, tmp_path):
+    """The rule of every saved folder (clem_icd.saved): the version is recorded, an unknown key
+    stops the load instead of being dropped (a newer calibration setting would be lost)."""
+    import json
+
+    from clem_icd.errors import ClemError
+    from clem_icd.version import __version__
+
+    folder = matcher.save_pretrained(tmp_path / "matcher")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["clem_icd_version"] == __version__
+    (folder / "config.json").write_text(json.dumps({**config, "clem_icd_version": "9.9.9", "pooling": "cls"}))
+    with pytest.raises(ClemError) as error:
+        DescriptionMatcher.from_pretrained(folder)
+    assert str(error.value) == (f"{folder / 'config.json'}: unknown key 'pooling' (written by clem-icd 9.9.9; "
+                                f"this is clem-icd {__version__}): upgrade clem-icd")
+    del config["clem_icd_version"]  # written before the version was recorded: still loads
+    (folder / "config.json").write_text(json.dumps(config))
+    assert DescriptionMatcher.from_pretrained(folder).config == matcher.config
+
+
 # ------------------------------------------------------------------------------ command line
 
 

@@ -288,6 +288,7 @@ def _module_cli(*args: str, launcher: tuple[str, ...] = (sys.executable,), cwd=N
                           timeout=300, env=env, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_the_cli_runs_as_a_module_as_the_multi_gpu_launch_documents(tmp_path):
     """docs/model.md and README: `accelerate launch -m clem_icd.cli train ...` runs the package
     as a module, which needs clem_icd/cli/__main__.py."""

@@ -44,7 +44,7 @@ def test_recipe_errors_name_the_key_and_the_file(tmp_path):
     recipe = write(tmp_path / "r.yaml", "optim:\n  learning_rat: 1\n")
     with pytest.raises(ClemError, match=r"r.yaml: unknown key\(s\) in 'optim': learning_rat"):
         load_recipe(recipe)
-    with pytest.raises(ClemError, match="'optim.learning_rate': 'fast' is not a number"):
+    with pytest.raises(ClemError, match="'optim.learning_rate': got 'fast' \\(str\\), expected a number"):
         load_recipe(None, ["optim.learning_rate=fast"])
     with pytest.raises(ClemError, match="multiple of micro_batch_size"):
         load_recipe(None, ["data.batch_size=10", "data.micro_batch_size=4"])
@@ -140,6 +140,108 @@ def test_learning_rate_schedules_follow_their_formula(schedule):
         scheduler.step()
 
 
+def test_a_capped_warm_up_is_said_and_an_uncapped_one_is_not():
+    import torch
+
+    from clem_icd.training.recipe import OptimSettings
+    from clem_icd.training.trainer import learning_rate_schedule
+
+    def said(warmup_steps: int, total: int) -> list[str]:
+        lines: list[str] = []
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        learning_rate_schedule(optimizer, OptimSettings(warmup_steps=warmup_steps), total, lines.append)
+        return lines
+
+    assert said(8, 80) == []  # 8 <= 80 // 10
+    (line,) = said(500, 120)
+    assert "optim.warmup_steps 500 is capped" in line and "120 optimizer steps" in line and "12 steps" in line
+
+
+@pytest.mark.parametrize("processes", [1, 2, 4, 8])
+def test_the_demo_recipe_batches_by_notes_on_any_process_count_that_divides_its_batch(processes):
+    """By notes, data.batch_size = notes per pass x processes x passes accumulated, with notes per
+    pass the largest divisor of the process's share up to data.micro_batch_size (the demo recipe
+    as shipped launches on 2 CPU processes without an override)."""
+    from clem_icd.training.trainer import _micro_batching
+
+    data = load_recipe("demo").data
+    lines: list[str] = []
+    micro, accumulation = _micro_batching(data, processes, lines.append)
+    assert micro * processes * accumulation == data.batch_size
+    assert 1 <= micro <= data.micro_batch_size
+    best = max(m for m in range(1, data.micro_batch_size + 1) if (data.batch_size // processes) % m == 0)
+    assert micro == best
+    assert bool(lines) == (micro != data.micro_batch_size)
+    if lines:
+        assert f"data.micro_batch_size={micro}" in lines[0]
+
+
+def test_a_batch_the_processes_cannot_share_names_the_value_to_give():
+    from clem_icd.training.trainer import _micro_batching
+
+    data = load_recipe(None, ["data.batch_size=10", "data.micro_batch_size=2", "data.max_batch_tokens=null"]).data
+    with pytest.raises(ClemError, match=r"data.batch_size 10 .* not a multiple of the 4 processes: "
+                                        r"give data.batch_size=8"):
+        _micro_batching(data, 4, print)
+
+
 def test_an_unknown_schedule_is_refused_with_the_choices():
     with pytest.raises(ClemError, match="optim: schedule must be one of linear, cosine, constant, got 'step'"):
         load_recipe(None, ["optim.schedule=step"])
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("data.batch_size=16.0", "got 16.0 (float), expected a whole number"),
+    ("data.batch_size='16.5'", "got '16.5' (str), expected a whole number"),
+    ("data.batch_size=true", "got True (bool), expected a whole number"),
+    ("data.length_grouping='false'", "got 'false' (str), expected true or false"),  # "false" is truthy
+    ("data.length_grouping='yes'", "got 'yes' (str), expected true or false"),
+    ("data.length_grouping=0", "got 0 (int), expected true or false"),
+    ("data.max_batch_tokens=1e4", "got '1e4' (str), expected a whole number or null"),
+    ("optim.learning_rate=ten", "got 'ten' (str), expected a number"),
+    ("optim.learning_rate=false", "got False (bool), expected a number"),
+    ("optim.warmup_steps=ten", "got 'ten' (str), expected a whole number"),
+    ("model.encoder=123", "got 123 (int), expected a string"),
+    ("model.encoder_config=[1]", "got [1] (list), expected a mapping of keys to values or null"),
+    ("train.trackers=tensorboard", "got 'tensorboard' (str), expected a list of strings"),
+    ("train.trackers=[1]", "'train.trackers', item 0: got 1 (int), expected a string"),
+    ("train.gradient_checkpointing=1", "got 1 (int), expected true or false"),
+])
+def test_values_of_the_wrong_type_stop_with_one_line_naming_the_key(override, expected, tmp_path):
+    key = override.partition("=")[0]
+    with pytest.raises(ClemError) as error:
+        load_recipe(None, [override])
+    message = str(error.value)
+    assert message.startswith(f"override '{override}': recipe key '{key}") and expected in message
+    assert "\n" not in message
+    # The same value in a recipe file: the error names the file.
+    section, _, field = key.partition(".")
+    recipe = write(tmp_path / "r.yaml", f"{section}:\n  {field}: {override.partition('=')[2]}\n")
+    with pytest.raises(ClemError) as error:
+        load_recipe(recipe)
+    assert str(error.value).startswith(f"{recipe}: recipe key '{key}") and expected in str(error.value)
+
+
+def test_what_yaml_makes_hard_to_spell_is_still_read(tmp_path):
+    recipe = load_recipe(None, ["optim.learning_rate=1e-4", "optim.max_grad_norm=2", "data.batch_size='16'",
+                                "data.max_batch_tokens=null", "train.mixed_precision=no",
+                                "model.encoder_config={model_type: bert}"])
+    assert recipe.optim.learning_rate == 1e-4  # YAML 1.1 reads 1e-4 (no dot) as a string
+    assert isinstance(recipe.optim.max_grad_norm, float) and recipe.optim.max_grad_norm == 2.0
+    assert recipe.data.batch_size == 16 and recipe.data.max_batch_tokens is None
+    assert recipe.train.mixed_precision == "no"  # YAML 1.1 reads `no` as false
+    assert recipe.model.encoder_config == {"model_type": "bert"}
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("model.C=ten", "recipe key 'model.C': got 'ten' (str), expected a number"),
+    ("model.sublinear_tf='false'", "recipe key 'model.sublinear_tf': got 'false' (str), expected true or false"),
+    ("model.min_df=2.5", "recipe key 'model.min_df': got 2.5 (float), expected a whole number"),
+    ("model.ngram_range=1", "recipe key 'model.ngram_range': got 1 (int), expected a list of whole numbers"),
+    ("model.ngram_range=[2, 1]", "recipe key 'model.ngram_range': got [2, 1]"),
+])
+def test_tfidf_options_are_type_checked_too(override, expected):
+    with pytest.raises(ClemError) as error:
+        load_recipe(None, ["model.kind=tfidf", override])
+    assert str(error.value).startswith(f"override '{override}': {expected}") and "\n" not in str(error.value)
+    assert load_recipe(None, ["model.kind=tfidf", "model.C=1", "model.tol=1e-3"]).model["C"] == 1.0

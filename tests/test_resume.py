@@ -56,13 +56,14 @@ def reference(corpus, tmp_path_factory):
 
 def train_cli(corpus, out, *extra) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "clem_icd.cli", "--quiet", "train", "--data", str(corpus),
-                           "--output", str(out), *overrides(), *extra], capture_output=True, text=True, timeout=600)
+                           "--output", str(out), *overrides(), *extra], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "CLEM_ICD_DEBUG": "1"})  # a failure shows its traceback (synthetic notes)
 
 
-def killed_mid_epoch(corpus, out, after_step: int) -> None:
+def killed_mid_epoch(corpus, out, after_step: int, *extra) -> None:
     """Start a training and SIGKILL it as soon as the checkpoint of `after_step` is complete."""
     process = subprocess.Popen([sys.executable, "-m", "clem_icd.cli", "--quiet", "train", "--data", str(corpus),
-                                "--output", str(out), *overrides()],
+                                "--output", str(out), *overrides(), *extra],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wanted = out / "checkpoints" / checkpoint_name(after_step)
     deadline = time.monotonic() + 300
@@ -86,6 +87,7 @@ def assert_same_training(out, reference) -> None:
     assert not (out / "checkpoints").exists() and not list(out.glob("best-epoch-*"))
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_gives_identical_metrics_and_weights(corpus, reference, tmp_path):
     out = tmp_path / "model"
     killed_mid_epoch(corpus, out, after_step=21)  # epoch 2, step 7 of 14
@@ -98,6 +100,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_metrics_and_weights(corpu
     assert_same_training(out, reference)
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_is_reported_and_the_previous_used(corpus, reference, tmp_path):
     out = tmp_path / "model"
     killed_mid_epoch(corpus, out, after_step=9)
@@ -127,6 +130,7 @@ def test_a_damaged_newest_checkpoint_is_reported_and_the_previous_used(corpus, r
     assert_same_training(out, reference)
 
 
+@pytest.mark.slow
 def test_resume_from_a_named_checkpoint_and_the_errors_of_a_bad_one(corpus, reference, tmp_path):
     out = tmp_path / "model"
     killed_mid_epoch(corpus, out, after_step=18)
@@ -139,11 +143,60 @@ def test_resume_from_a_named_checkpoint_and_the_errors_of_a_bad_one(corpus, refe
     assert_same_training(out, reference)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_byte_identical_metrics_and_weights(corpus, reference, tmp_path):
     out = tmp_path / "again"
     result = train_cli(corpus, out)
     assert result.returncode == 0, result.stderr
     assert_same_training(out, reference)
+
+
+@pytest.fixture(scope="module")
+def other_corpus(tmp_path_factory):
+    """Another dataset: 2 more codes, another seed, 10 more notes."""
+    path = tmp_path_factory.mktemp("resume_other") / "data"
+    make_synthetic_dataset(path, n_documents=90, n_codes=12, seed=2)
+    return path
+
+
+@pytest.mark.slow
+def test_resume_may_raise_train_epochs_but_not_change_the_dataset(corpus, other_corpus, tmp_path):
+    out = tmp_path / "model"
+    killed_mid_epoch(corpus, out, 21, "train.epochs=2")  # epoch 2 of 2, step 7 of 14
+
+    def refused(result) -> str:
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        return result.stderr
+
+    # Below the epoch the checkpoint is in: refused.
+    assert "train.epochs 1 is below the 2 epoch(s)" in refused(train_cli(corpus, out, "--resume", "train.epochs=1"))
+    # Another prepared dataset: refused, naming what changed.
+    message = refused(train_cli(other_corpus, out, "--resume", "train.epochs=2"))
+    assert message.startswith(f"error: --resume: {other_corpus} is not the dataset this run started on")
+    for change in ("documents.parquet (sha256 ", "codes: 2 added (", "n_codes 10 → 12", "seed 1 → 2",
+                   "documents per split: train 56 → "):
+        assert change in message, message
+
+    result = train_cli(corpus, out, "--resume", "train.epochs=3")
+    assert result.returncode == 0, result.stderr
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in log] == [1, 2, 3]
+    assert json.loads((out / "train_config.json").read_text())["train"]["epochs"] == 3
+    assert (out / "metrics.json").is_file() and not (out / "checkpoints").exists()
+    # From the resumed step on, the learning rate is the linear schedule of a 3-epoch run (the
+    # 2-epoch one would be 0 at the end of epoch 2): warm-up min(4, total // 10), then decay.
+    per_epoch = log[0]["step"]
+    total = 3 * per_epoch
+    warmup = min(4, total // 10)
+    assert log[1]["learning_rate"] == pytest.approx(3e-3 * (total - log[1]["step"]) / (total - warmup), rel=1e-9)
+    assert log[1]["learning_rate"] > 0
+
+
+@pytest.mark.slow
+def test_a_finished_run_cannot_raise_its_epochs(corpus, reference):
+    result = train_cli(corpus, reference, "--resume", "train.epochs=4")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "has finished its training" in result.stderr and f"--init-from {reference}" in result.stderr
 
 
 def test_a_checkpoint_is_checked_against_its_manifest(tmp_path):

@@ -89,7 +89,7 @@ def test_results_are_what_predict_writes(service, trigger_model):
     answer = response.json()
     model = load_model(trigger_model)
     assert answer["model"] == {"name": "model", "codes": 8, "threshold": model.threshold,
-                               "explain": "attention", "version": __version__}
+                               "score_kind": "probability", "explain": "attention", "version": __version__}
     predictor = model.note_predictor(PredictOptions(explain="attention"))
     expected = list(code_records(predictor, [NoteRecord(n["id"], n["text"]) for n in batch[:5]]))
     _same(answer["results"][:5], expected)

@@ -6,21 +6,24 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from clem_icd.errors import ClemError
 
 
-def write_text_atomic(text: str, path: Path | str) -> None:
+def write_text_atomic(text: str | Iterable[str], path: Path | str) -> None:
+    """`text`, or the pieces of text an iterable yields (a large file written piece by piece,
+    never held whole); an error while they are made leaves the old file, or none, in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes it private; this is ordinary output
         with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+            for piece in [text] if isinstance(text, str) else text:
+                handle.write(piece)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -14,7 +14,11 @@ only later members know. Per note, code c scores
 - mean: sum_m w_m p_m(c) / sum_m w_m, a code the member does not know counting as p = 0.
 
 Scores are in [0, 1], but an rrf score is a rank, not a probability: its threshold has to be
-tuned on val like any other (`fit_threshold`, with the one tuning rule of the protocol).
+tuned on val like any other (`fit_threshold`, with the one tuning rule of the protocol). So
+`score_kind` says what the scores are: "rank score" for rrf, "probability" for mean fusion of
+members whose scores are all probabilities. Records (`predict`, `note_predictor`) carry `score`,
+and `probability` only when the scores are probabilities (clem_icd.choice.code_entry); the page
+and FHIR output name a rank score as such.
 
 A saved fused model is a self-contained folder:
     config.json     model_type "fusion", method, k, weights, threshold, members (relative paths)
@@ -38,9 +42,9 @@ from pathlib import Path
 import numpy as np
 
 from clem_icd.atomic import atomic_folder, check_replaceable, write_json_atomic
-from clem_icd.choice import choose_codes
+from clem_icd.choice import PROBABILITY, RANK_SCORE, choose_codes, code_entry
 from clem_icd.errors import ClemError
-from clem_icd.version import __version__
+from clem_icd.saved import check_keys, stamped
 
 MODEL_TYPE = "fusion"
 METHODS = ("rrf", "mean")
@@ -48,6 +52,7 @@ METHODS = ("rrf", "mean")
 # damps the weight of the very top ranks so that one member's first place does not dominate.
 DEFAULT_K = 60.0
 CONFIG_FILE, METRICS_FILE, MEMBERS_DIR = "config.json", "metrics.json", "members"
+CONFIG_KEYS = ("model_type", "method", "k", "weights", "threshold", "members")  # all required
 # Notes fused at a time: the ranks and sums are float64 (notes x codes), so a whole test split of
 # MIMIC-IV (19,802 x 7,942) at once would take several GB beside the members' own scores.
 FUSE_BLOCK = 1024
@@ -112,8 +117,18 @@ class FusedModel:
             out[start:start + len(fused)] = np.clip(fused / norm, 0.0, 1.0)  # clip: rounding may pass 1 by an ulp
         return out
 
+    @property
+    def score_kind(self) -> str:
+        """"probability" for the mean of probabilities, else "rank score" (rrf, or a mean with a
+        member whose scores are rank scores: an average of ranks is no probability either)."""
+        # A member without score_kind (a model of its own making) is read by predict_proba, whose
+        # contract is probabilities.
+        probabilities = all(getattr(member, "score_kind", PROBABILITY) == PROBABILITY for member in self.members)
+        return PROBABILITY if self.method == "mean" and probabilities else RANK_SCORE
+
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        """Fused scores (len(texts), len(codes)), float32 in [0, 1], columns in `codes` order."""
+        """Fused scores (len(texts), len(codes)), float32 in [0, 1], columns in `codes` order
+        (probabilities or rank scores, as `score_kind` says; the name is every model kind's)."""
         if isinstance(texts, str):
             raise TypeError("predict_proba takes a list of texts, not one string")
         texts = list(texts)
@@ -122,8 +137,9 @@ class FusedModel:
     def predict(self, texts: list[str], threshold: float | None = None,
                 top_k: int | None = None) -> list[list[dict]]:
         """Per text, the codes scored above the threshold (the tuned one by default), best first
-        (ties by column order), each {code, system, description, probability}, `probability`
-        being the fused score; `top_k` caps the list. The rule of every model kind."""
+        (ties by column order), each {code, system, description, score[, probability]} (the fused
+        score; `probability` only when `score_kind` is one); `top_k` caps the list. The rule of
+        every model kind."""
         if isinstance(texts, str):
             raise TypeError("predict takes a list of texts, not one string")
         return [self._choose(row, threshold, top_k) for row in self.predict_proba(texts)]
@@ -159,8 +175,9 @@ class FusedModel:
 
     def _choose(self, row: np.ndarray, threshold: float | None, top_k: int | None) -> list[dict]:
         threshold = self.threshold if threshold is None else float(threshold)
-        return [{"code": self.codes[j], "system": self.code_systems[j], "description": self.descriptions[j],
-                 "probability": float(row[j])} for j in choose_codes(row, threshold, top_k)]
+        kind = self.score_kind
+        return [code_entry(self.codes[j], self.code_systems[j], self.descriptions[j], row[j], kind)
+                for j in choose_codes(row, threshold, top_k)]
 
     # ---- saving and loading -----------------------------------------------------------------
 
@@ -175,9 +192,9 @@ class FusedModel:
             for i, source in enumerate(self.sources):
                 members.append(f"{MEMBERS_DIR}/{i}")
                 _copy_model_folder(source, tmp / MEMBERS_DIR / str(i))
-            config = {"model_type": MODEL_TYPE, "clem_icd_version": __version__, "method": self.method,
-                      "k": self.k, "weights": self.weights, "threshold": self.threshold, "members": members}
-            write_json_atomic(config, tmp / CONFIG_FILE)
+            config = {"model_type": MODEL_TYPE, "method": self.method, "k": self.k, "weights": self.weights,
+                      "threshold": self.threshold, "members": members}
+            write_json_atomic(stamped(config), tmp / CONFIG_FILE)
             if metrics is not None:
                 write_json_atomic(metrics, tmp / METRICS_FILE)
         return path
@@ -214,11 +231,14 @@ class FusedModel:
                    threshold=config["threshold"], method=config["method"], sources=folders)
 
 
-def fit_threshold(model: FusedModel, dataset, split: str = "val") -> dict:
+def fit_threshold(model: FusedModel, dataset, split: str = "val",
+                  score: Callable[[object, list[str]], np.ndarray] | None = None) -> dict:
     """Tune `model.threshold` on `split` of a prepared dataset with the protocol's one rule
     (clem_icd.evaluation.metrics.tune_threshold: argmax of micro-F1 over 100 values in [0, 1])
     and return {"threshold", <split>: the fusion's metrics at it, "members": each member's
-    metrics at its own threshold}. Every member reads the split once. Dataset codes that no member knows
+    metrics at its own threshold}. Every member reads the split once, through `score(member,
+    texts)` (default: its predict_proba; clem_icd.evaluation.scoring.Scorer scores a neural
+    member on the accelerator, as training scored val). Dataset codes that no member knows
     count as misses, as in `clem-icd evaluate`."""
     from clem_icd.data.labels import targets_matrix
     from clem_icd.evaluation.metrics import compute_metrics, tune_threshold
@@ -230,7 +250,8 @@ def fit_threshold(model: FusedModel, dataset, split: str = "val") -> dict:
     known = set(model.codes)
     codes = model.codes + [c for c in dataset.code_list if c not in known]
     targets = targets_matrix(documents["codes"].to_list(), codes)
-    member_scores = [member.predict_proba(texts) for member in model.members]
+    score = score or (lambda member, notes: member.predict_proba(notes))
+    member_scores = [score(member, texts) for member in model.members]
 
     def widened(scores: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
         out = np.zeros((len(texts), len(codes)), dtype=np.float32)
@@ -278,7 +299,7 @@ def _member_scorer(member, options) -> Callable[[list[str]], tuple[np.ndarray, l
         truncated = []
         for i, result in enumerate(predict(texts)):
             truncated.append(bool(result["truncated"]))
-            rows[i, [index[c["code"]] for c in result["codes"]]] = [c["probability"] for c in result["codes"]]
+            rows[i, [index[c["code"]] for c in result["codes"]]] = [c["score"] for c in result["codes"]]
         return rows, truncated
 
     return score
@@ -318,7 +339,8 @@ def _read_config(config_path: Path) -> dict:
         raise ClemError(f"{config_path}: not valid JSON ({exc.__class__.__name__})") from None
     if not isinstance(config, dict) or config.get("model_type") != MODEL_TYPE:
         raise ClemError(f"{config_path}: field 'model_type' is not '{MODEL_TYPE}'")
-    for field in ("method", "k", "weights", "threshold", "members"):
+    check_keys(config_path, config, CONFIG_KEYS)
+    for field in CONFIG_KEYS:
         if field not in config:
             raise ClemError(f"{config_path}: field '{field}' is missing")
     members, weights = config["members"], config["weights"]

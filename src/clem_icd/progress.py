@@ -33,18 +33,24 @@ def warn(message: str) -> None:
 
 
 @contextmanager
-def progress_bar(description: str, total: float | None, *, bytes_: bool = False
-                 ) -> Iterator[Callable[[float], None]]:
+def progress_bar(description: str, total: float | None, *, bytes_: bool = False, status: bool = False
+                 ) -> Iterator[Callable[..., None]]:
     """Yields `update(completed)`; a no-op when progress display is disabled.
-    With `bytes_`, `total` and `completed` are byte counts and shown as sizes."""
+    With `bytes_`, `total` and `completed` are byte counts and shown as sizes. With `status`,
+    `update(completed, text)` also shows `text` after the bar (a running loss, a rate)."""
     if not _enabled:
-        yield lambda completed: None
+        yield lambda completed, text=None: None
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(),
-                  DownloadColumn() if bytes_ else MofNCompleteColumn(),
-                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                  console=_console, transient=False) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda completed: progress.update(task, completed=completed)
+    columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn() if bytes_ else MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    if status:
+        columns.append(TextColumn("{task.fields[status]}"))
+    with Progress(*columns, console=_console, transient=False) as progress:
+        task = progress.add_task(description, total=total, status="")
+
+        def update(completed: float, text: str | None = None) -> None:
+            progress.update(task, completed=completed, **({} if text is None else {"status": text}))
+
+        yield update
         if total is not None:  # a bar of unknown length keeps the count it reached
             progress.update(task, completed=total)

@@ -50,7 +50,7 @@ def checked(name: str, wanted, value):
         if not isinstance(value, list):  # a bare string would be read as a list of characters
             _refuse(name, wanted, value)
         item = args[0] if args else typing.Any
-        return [checked(f"{name}[{i}]", item, v) for i, v in enumerate(value)]
+        return [checked(f"{name}, item {i}", item, v) for i, v in enumerate(value)]
     if wanted is typing.Any:
         return value
     wanted = origin or wanted

@@ -3,38 +3,30 @@ TF-IDF recipe and for the baseline column of `clem-icd evaluate`:
 
 fit on train, tune the global threshold on val (argmax of micro-F1, as for the neural coder),
 compute val metrics at it, and save the model folder with metrics.json. The folder records the
-code systems of the dataset's codes table and the dataset's fingerprint, so that a saved
-baseline can be checked against the dataset it is used with (`matches`).
+code systems of the dataset's codes table, the dataset's text cleaning (applied to the notes it
+is later given) and the dataset's fingerprint, so that a saved baseline can be checked against
+the dataset it is used with (`matches`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from clem_icd.baselines.tfidf import TfidfCoder, tfidf_options
 from clem_icd.data.dataset import PreparedDataset
+from clem_icd.data.fingerprint import dataset_fingerprint  # one definition, also for training
 from clem_icd.data.labels import targets_matrix
+from clem_icd.data.text import text_cleaning_of
 from clem_icd.errors import ClemError
 from clem_icd.evaluation.metrics import compute_metrics, tune_threshold
 from clem_icd.evaluation.report import json_value
 
-DATASET_FILES = ("manifest.json", "codes.tsv", "documents.parquet")
-def dataset_fingerprint(dataset: PreparedDataset) -> str | None:
-    """sha256 over the prepared folder's files (manifest, code table, documents): a dataset
-    re-prepared or edited gets another fingerprint. None when the folder's files are not there
-    (a dataset built in memory), which never matches."""
-    path = Path(dataset.path)
-    if not all((path / name).is_file() for name in DATASET_FILES):
-        return None
-    from clem_icd.data.io import sha256_file
 
-    digest = hashlib.sha256()
-    for name in DATASET_FILES:
-        digest.update(f"{name}\t{sha256_file(path / name)}\n".encode())
-    return digest.hexdigest()
+def dataset_text_cleaning(dataset: PreparedDataset) -> str:
+    """What the dataset's notes went through (its manifest's clean_text option)."""
+    return text_cleaning_of((dataset.manifest or {}).get("options") or {})
 
 
 def matches(model: TfidfCoder, dataset: PreparedDataset, options: Mapping | None,
@@ -43,7 +35,8 @@ def matches(model: TfidfCoder, dataset: PreparedDataset, options: Mapping | None
     fingerprint = fingerprint if fingerprint is not None else dataset_fingerprint(dataset)
     recorded = (model.dataset or {}).get("fingerprint")
     return (fingerprint is not None and recorded == fingerprint
-            and model.config == tfidf_options(options) and model.codes == dataset.code_list)
+            and model.config == tfidf_options(options) and model.codes == dataset.code_list
+            and model.text_cleaning == dataset_text_cleaning(dataset))
 
 
 def fit_tfidf_baseline(dataset: PreparedDataset, options: Mapping | None = None,
@@ -63,7 +56,8 @@ def fit_tfidf_baseline(dataset: PreparedDataset, options: Mapping | None = None,
     started = time.perf_counter()
     model = TfidfCoder.fit(train["text"].to_list(), train["codes"].to_list(), codes,
                            descriptions=dataset.codes["description"].to_list(),
-                           code_systems=dataset.codes["system"].to_list(), config=config, n_jobs=n_jobs)
+                           code_systems=dataset.codes["system"].to_list(), config=config, n_jobs=n_jobs,
+                           text_cleaning=dataset_text_cleaning(dataset))
     seconds = time.perf_counter() - started
     model.dataset = {"fingerprint": fingerprint, "path": str(dataset.path)}
     val_metrics = None

@@ -13,7 +13,8 @@ the same rule as the neural coder (clem_icd.choice.choose_codes) and return the 
 
 A saved model is a folder that is safe to load (no pickle):
     config.json         model_type "tfidf", codes, code_systems, descriptions, threshold,
-                        hyperparameters, and (when fitted on a prepared dataset) its fingerprint
+                        hyperparameters, text_cleaning (applied to new notes), the writing
+                        clem_icd_version, and (when fitted on a prepared dataset) its fingerprint
     vectorizer.json     the vocabulary (terms in feature order) and their idf values
     model.safetensors   weight (fitted codes x features, float32), bias (codes), fitted_index
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +38,17 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from clem_icd.atomic import atomic_folder, check_replaceable, write_json_atomic
-from clem_icd.choice import choose_codes
+from clem_icd.choice import PROBABILITY, choose_codes, code_entry
+from clem_icd.data.text import TEXT_CLEANINGS, clean_texts
 from clem_icd.errors import ClemError
-from clem_icd.version import __version__
+from clem_icd.saved import check_keys, check_nested_keys, stamped
+from clem_icd.typecheck import checked
 
 MODEL_TYPE = "tfidf"
 CONFIG_FILE, VECTORIZER_FILE, WEIGHTS_FILE = "config.json", "vectorizer.json", "model.safetensors"
+# Every key of config.json (save_pretrained writes them; loading refuses any other, clem_icd.saved).
+CONFIG_KEYS = ("model_type", "codes", "code_systems", "descriptions", "threshold", "hyperparameters",
+               "n_features", "n_fitted_codes", "constant_logit", "dataset", "text_cleaning")
 METRICS_FILE = "metrics.json"
 # Logit of a code that was never (or always) positive in training: sigmoid(-20) ~ 2e-9.
 CONSTANT_LOGIT = 20.0
@@ -62,17 +68,30 @@ DEFAULT_CONFIG = {
     "max_iter": 100,
     "tol": 1e-2,
 }
+# The type of each option, checked by the one rule of recipe values (clem_icd.typecheck).
+# max_features None: every term (scikit-learn's meaning).
+OPTION_TYPES = {"C": float, "max_features": int | None, "min_df": int, "ngram_range": list[int],
+                "sublinear_tf": bool, "lowercase": bool, "max_iter": int, "tol": float}
 PREDICT_BATCH = 2048  # documents per matrix product: bounds memory at batch x codes floats
 
 
-def _merge_config(config: Mapping | None) -> dict:
+def _option_name(key: str) -> str:
+    return f"TF-IDF option '{key}'"
+
+
+def _merge_config(config: Mapping | None, name: Callable[[str], str] = _option_name) -> dict:
+    """DEFAULT_CONFIG updated with `config`, each value type-checked; `name(key)` is how an
+    error names the key (a recipe's 'model.C', a folder's field)."""
     merged = dict(DEFAULT_CONFIG)
-    unknown = set(config or {}) - set(DEFAULT_CONFIG)
+    unknown = sorted(set(config or {}) - set(DEFAULT_CONFIG))
     if unknown:
-        raise ClemError(f"unknown TF-IDF option(s) {', '.join(sorted(unknown))}; "
+        raise ClemError(f"{name(unknown[0])}: unknown TF-IDF option(s) {', '.join(unknown)}; "
                         f"known: {', '.join(DEFAULT_CONFIG)}")
-    merged.update(config or {})
-    merged["ngram_range"] = [int(n) for n in merged["ngram_range"]]
+    merged.update({key: checked(name(key), OPTION_TYPES[key], value) for key, value in (config or {}).items()})
+    merged["ngram_range"] = ngrams = list(merged["ngram_range"])  # not DEFAULT_CONFIG's own list
+    if len(ngrams) != 2 or not 1 <= ngrams[0] <= ngrams[1]:
+        raise ClemError(f"{name('ngram_range')}: got {merged['ngram_range']!r}, expected [lowest, highest] "
+                        f"word n-gram sizes, 1 <= lowest <= highest")
     return merged
 
 
@@ -80,10 +99,11 @@ def _merge_config(config: Mapping | None) -> dict:
 NOT_HYPERPARAMETERS = ("kind",)
 
 
-def tfidf_options(options: Mapping | None) -> dict:
+def tfidf_options(options: Mapping | None, name: Callable[[str], str] = _option_name) -> dict:
     """The full TF-IDF hyperparameters for `options` as a recipe's `model:` section gives them:
-    its `kind` is ignored, unknown keys are refused, missing ones take their defaults."""
-    return _merge_config({k: v for k, v in (options or {}).items() if k not in NOT_HYPERPARAMETERS})
+    its `kind` is ignored, unknown keys are refused, values are type-checked (errors name a key
+    as `name(key)` says), missing ones take their defaults."""
+    return _merge_config({k: v for k, v in (options or {}).items() if k not in NOT_HYPERPARAMETERS}, name)
 
 
 def _vectorizer(config: dict, vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:
@@ -162,16 +182,24 @@ def _positive_rows(labels: Sequence[Sequence[str]], codes: list[str]) -> list[li
 class TfidfCoder:
     """Scores notes for every code of `codes`; see the module docstring."""
 
+    score_kind = PROBABILITY  # logistic regression (clem_icd.choice.SCORE_KINDS)
+
     def __init__(self, *, codes: list[str], config: dict, vocabulary: list[str], idf: np.ndarray,
                  weight: np.ndarray, bias: np.ndarray, fitted_index: np.ndarray,
                  threshold: float = 0.5, descriptions: list[str] | None = None,
-                 code_systems: list[str] | None = None, dataset: dict | None = None):
+                 code_systems: list[str] | None = None, dataset: dict | None = None,
+                 text_cleaning: str = "none"):
+        if text_cleaning not in TEXT_CLEANINGS:
+            raise ClemError(f"text_cleaning must be one of {', '.join(TEXT_CLEANINGS)}, got {text_cleaning!r}")
         self.codes = list(codes)
         self.config = config
         self.threshold = float(threshold)
         self.descriptions = descriptions
         self.code_systems = _systems_list(self.codes, code_systems)
         self.dataset = dataset  # {"fingerprint", "path"} of the prepared dataset it was fitted on
+        # What the training notes went through (clem_icd.data.text): new notes get the same, as
+        # the neural coder does, or a raw note would be read with other words than training saw.
+        self.text_cleaning = text_cleaning
         self.weight = weight  # (fitted codes, features), float32
         self.bias = bias  # (codes,), float32: constant logits included
         self.fitted_index = fitted_index  # column in `codes` of each row of `weight`
@@ -188,11 +216,13 @@ class TfidfCoder:
     @classmethod
     def fit(cls, texts: list[str], labels: list[list[str]], codes: list[str], *,
             descriptions=None, code_systems=None, config: dict | None = None,
-            n_jobs: int | None = None) -> "TfidfCoder":
+            n_jobs: int | None = None, text_cleaning: str = "none") -> "TfidfCoder":
         """Fit on `texts` with their `labels`; `codes` fixes the label order of the scores.
         `descriptions` and `code_systems`: per code, a list in `codes` order or a mapping; code
         systems not given are guessed from the spelling as ICD-10 (give them for ICD-9 data).
-        `n_jobs` threads fit codes in parallel (default: all available CPUs)."""
+        `n_jobs` threads fit codes in parallel (default: all available CPUs). `text_cleaning`:
+        what `texts` already went through (clem_icd.data.text.TEXT_CLEANINGS, a prepared
+        dataset's clean_text option); new notes are cleaned so before they are scored."""
         config = _merge_config(config)
         codes = list(codes)
         if len(set(codes)) != len(codes):
@@ -247,7 +277,7 @@ class TfidfCoder:
         return cls(codes=codes, config=config, vocabulary=vocabulary, idf=vectorizer.idf_,
                    weight=weight, bias=bias, fitted_index=np.asarray(learnable, dtype=np.int64),
                    descriptions=_descriptions_list(codes, descriptions),
-                   code_systems=_systems_list(codes, code_systems))
+                   code_systems=_systems_list(codes, code_systems), text_cleaning=text_cleaning)
 
     # ---- scoring ----------------------------------------------------------------------------
 
@@ -258,7 +288,7 @@ class TfidfCoder:
         out = np.empty((len(texts), len(self.codes)), dtype=np.float32)
         weight_t = self.weight.T
         for start in range(0, len(texts), PREDICT_BATCH):
-            batch = list(texts[start:start + PREDICT_BATCH])
+            batch = clean_texts(texts[start:start + PREDICT_BATCH], self.text_cleaning)
             logits = np.broadcast_to(self.bias, (len(batch), len(self.codes))).copy()
             if len(self.fitted_index):
                 features = self._vectorizer.transform(batch)
@@ -269,14 +299,14 @@ class TfidfCoder:
     def predict(self, texts: list[str], threshold: float | None = None,
                 top_k: int | None = None) -> list[list[dict]]:
         """Per text, the codes scored above the threshold (the tuned one by default), best
-        first, each {code, system, description, probability}; `top_k` caps the list. The same
+        first, each {code, system, description, score, probability}; `top_k` caps the list. The same
         shape and rule as `ICDCoder.predict` (which can also explain; this model cannot)."""
         if isinstance(texts, str):
             raise TypeError("predict takes a list of texts, not one string")
         threshold = self.threshold if threshold is None else float(threshold)
         descriptions = self.descriptions or [""] * len(self.codes)
-        return [[{"code": self.codes[j], "system": self.code_systems[j], "description": descriptions[j],
-                  "probability": float(row[j])} for j in choose_codes(row, threshold, top_k)]
+        return [[code_entry(self.codes[j], self.code_systems[j], descriptions[j], row[j], self.score_kind)
+                 for j in choose_codes(row, threshold, top_k)]
                 for row in self.predict_proba(texts)]
 
     def note_predictor(self, options):
@@ -304,9 +334,8 @@ class TfidfCoder:
         path = Path(path)
         check_replaceable(path, MODEL_TYPE, "a TF-IDF model")
         with atomic_folder(path) as tmp:
-            config = {
+            config = stamped({
                 "model_type": MODEL_TYPE,
-                "clem_icd_version": __version__,
                 "codes": self.codes,
                 "code_systems": self.code_systems,
                 "descriptions": self.descriptions,
@@ -316,7 +345,8 @@ class TfidfCoder:
                 "n_fitted_codes": int(len(self.fitted_index)),
                 "constant_logit": CONSTANT_LOGIT,
                 "dataset": self.dataset,
-            }
+                "text_cleaning": self.text_cleaning,
+            })
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
             idf = self._vectorizer.idf_.tolist()  # float repr round-trips exactly in JSON
             (tmp / VECTORIZER_FILE).write_text(
@@ -356,6 +386,8 @@ class TfidfCoder:
         if config.get("model_type") != MODEL_TYPE:
             raise ClemError(f"{path / CONFIG_FILE}: model_type is {config.get('model_type')!r}, "
                             f"expected '{MODEL_TYPE}'")
+        check_keys(path / CONFIG_FILE, config, CONFIG_KEYS)
+        check_nested_keys(path / CONFIG_FILE, config, "hyperparameters", DEFAULT_CONFIG)
         codes = config["codes"]
         vectorizer = _read_json(path / VECTORIZER_FILE)
         terms, idf = vectorizer["terms"], np.asarray(vectorizer["idf"], dtype=np.float64)
@@ -384,10 +416,18 @@ class TfidfCoder:
                           f"older clem-icd): guessing ICD-10-CM/PCS from each code's spelling, which "
                           f"is wrong for ICD-9 codes; refit the baseline to record them",
                           UserWarning, stacklevel=3)
-        return cls(codes=codes, config=_merge_config(config["hyperparameters"]), vocabulary=terms,
+        hyperparameters = _merge_config(config["hyperparameters"],
+                                        lambda key: f"{path / CONFIG_FILE}: field 'hyperparameters.{key}'")
+        # No text_cleaning: a folder written before it was recorded, read as before (raw).
+        text_cleaning = config.get("text_cleaning", "none")
+        if text_cleaning not in TEXT_CLEANINGS:
+            raise ClemError(f"{path / CONFIG_FILE}: field 'text_cleaning' must be one of "
+                            f"{', '.join(TEXT_CLEANINGS)}, got {text_cleaning!r}")
+        return cls(codes=codes, config=hyperparameters, vocabulary=terms,
                    idf=idf, weight=weight, bias=bias, fitted_index=fitted,
                    threshold=config.get("threshold", 0.5), descriptions=config.get("descriptions"),
-                   code_systems=systems, dataset=config.get("dataset"))
+                   code_systems=systems, dataset=config.get("dataset"),
+                   text_cleaning=text_cleaning)
 
 
 def _read_json(path: Path) -> dict:

@@ -9,6 +9,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from clem_icd.cli import options
+
 console = Console(stderr=True, soft_wrap=True)
 
 
@@ -44,17 +46,28 @@ def match(
                                 "ICD-10-PCS operation (scores the training notes with the model once)."),
     calibrate_only: bool = typer.Option(False, "--calibrate-only", help="Keep the model folder's matcher (its "
                                         "code space and embeddings) and only fit its calibration again."),
+    device: str = options.DEVICE,
+    precision: str = typer.Option("auto", "--precision", help="Of the model's scoring of the training notes "
+                                  "(--family): auto (the precision its training scored val in, as the folder "
+                                  "records, else bf16 where native, else fp32), fp32, bf16 or fp16. The sentence "
+                                  "encoder embeds in fp32, the precision its calibration is fitted in."),
+    max_batch_tokens: int = typer.Option(None, "--max-batch-tokens", help="Batch the model's scoring of the "
+                                         "training notes by a token budget (notes x the longest one's tokens <= N) "
+                                         "instead of the batches its training scored val in."),
 ) -> None:
     """Embed every code description of the code systems once, calibrate on the training notes, and
     save the matcher in the model folder. Then `predict --unseen-codes` / `evaluate --unseen-codes`
     rank codes without a training example by their calibrated description match, beside the
     model's own codes. After a new code release, run it again with the updated packages: the new
-    codes are ranked without retraining."""
+    codes are ranked without retraining. The encoders run on --device; under `accelerate launch
+    -m clem_icd.cli match ...` the model's scoring of the training notes is split across the
+    processes, and the main process embeds, calibrates and writes."""
     import numpy as np
     import torch
 
     from clem_icd.data.dataset import PreparedDataset
     from clem_icd.errors import ClemError
+    from clem_icd.evaluation.scoring import Scorer, ScoringOptions
     from clem_icd.loading import MATCHER_FOLDER, load_model, model_type
     from clem_icd.matching.code_space import code_space
     from clem_icd.matching.matcher import DescriptionMatcher
@@ -72,21 +85,25 @@ def match(
     if train.is_empty():
         raise ClemError(f"{data}: no documents in split 'train' (the matcher is calibrated on them)")
     seen = {code for codes in train["codes"].to_list() for code in codes}
+    scorer = Scorer(ScoringOptions(device=device, precision=precision, max_batch_tokens=max_batch_tokens))
+    texts, labels = train["text"].to_list(), train["codes"].to_list()
+    # The model first: every process scores its share of the training notes, then the others are done.
+    scored = load_model(model, device=scorer.device) if family else None
+    probabilities = scorer(scored, texts) if scored else None
+    if not scorer.processes.is_main:
+        return
     torch.manual_seed(0)
     if calibrate_only:
-        matcher = DescriptionMatcher.from_pretrained(model / MATCHER_FOLDER)
+        matcher = DescriptionMatcher.from_pretrained(model / MATCHER_FOLDER, device=scorer.device)
         matcher.seen = np.array([code in seen for code in matcher.codes])
     else:
         space = code_space([s.strip() for s in systems.split(",") if s.strip()])
-        texts = len({text for c in space for text in c.texts})
-        with progress_bar(f"embedding {len(space):,} codes' descriptions", texts) as update:
+        descriptions = len({text for c in space for text in c.texts})  # not `texts`: the notes, calibrated on below
+        with progress_bar(f"embedding {len(space):,} codes' descriptions", descriptions) as update:
             matcher = DescriptionMatcher.build(encoder, space, seen, words=words, batch_size=batch_size,
-                                               progress=_counter(update))
-    texts, labels = train["text"].to_list(), train["codes"].to_list()
-    scored = load_model(model) if family else None
+                                               progress=_counter(update), device=scorer.device)
     with progress_bar("calibrating on the training notes", len(train)) as update:
-        fit = matcher.calibrate(texts, labels, progress=_counter(update),
-                                model_probabilities=scored.predict_proba(texts) if scored else None,
+        fit = matcher.calibrate(texts, labels, progress=_counter(update), model_probabilities=probabilities,
                                 model_codes=scored.codes if scored else None,
                                 model_systems=model_code_details(scored)[0] if scored else None)
     matcher.save_pretrained(model / MATCHER_FOLDER)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from clem_icd.cli import options
 
 console = Console(stderr=True, soft_wrap=True)
 RESUME_LATEST = "\0latest"  # what a bare --resume becomes (bare_resume): no path is spelt so
@@ -25,6 +28,7 @@ def bare_resume(args: list[str]) -> list[str]:
 
 
 def train(
+    ctx: typer.Context,
     config: str = typer.Option(None, "--config", "-c", help="Recipe: a shipped name such as "
                                "mimic/clem_modernbert_base or codiesp/minilm_cross_desc (`clem-icd recipes` "
                                "lists them) or a YAML file. Sections model / data / optim / train: see "
@@ -37,21 +41,63 @@ def train(
     resume: str = typer.Option(None, "--resume", metavar="[PATH]",
                                help="Continue an interrupted training: from the newest usable checkpoint in "
                                "the output folder (starting afresh if there is none), or from checkpoint "
-                               "folder PATH. The recipe must be the same."),
+                               "folder PATH. The recipe and dataset must be the same; train.epochs may be "
+                               "raised."),
+    init_from: Path = typer.Option(None, "--init-from", help="Fine-tune this trained model folder: its "
+                                   "encoder, head and codes are kept, the dataset's codes it lacks are added "
+                                   "(queries from their descriptions). The recipe's architecture must match "
+                                   "the model's (docs/recipes.md)."),
+    seeds: str = typer.Option(None, "--seeds", metavar="N,N,...", help="Train once per seed, e.g. 1,2,3: into "
+                              "OUTPUT/seed-N with train.seed=N, then the mean ± sd of the val metrics in "
+                              "OUTPUT/seeds.json and seeds.md (clem-icd report reads them). With --resume each "
+                              "seed folder resumes and a finished one is kept."),
 ) -> None:
     """Train a coder (or the TF-IDF baseline: a recipe with model.kind tfidf). Multi-GPU / multi-node:
     `accelerate launch -m clem_icd.cli train ...` (DDP, FSDP or DeepSpeed from your accelerate config,
-    docs/distributed.md)."""
+    docs/distributed.md). The output folder's command.json records the command that made it."""
+    from clem_icd.cli.record import record_command
     from clem_icd.training.recipe import load_recipe
     from clem_icd.training.trainer import train as run_training
 
     resume_from = False if resume is None else True if resume == RESUME_LATEST else Path(resume)
-    metrics = run_training(load_recipe(config, overrides or []), data, output, resume=resume_from)
-    if metrics:
+    if seeds is not None:
+        _train_seeds(ctx, config, data, output, overrides or [], resume_from, init_from, seeds)
+        return
+    metrics = run_training(load_recipe(config, overrides or []), data, output, resume=resume_from,
+                           init_from=init_from)
+    if metrics:  # the main process
+        # Without --resume: a resumed run ends as an uninterrupted one (clem_icd.run_record).
+        record_command(output, ctx, drop=("resume",), resumed=resume_from is not False)
         val = metrics.get("val", {})
         console.print(f"[green]saved[/] {output}: val micro-F1 {100 * val.get('f1_micro', 0):.1f}, "
                       f"macro-F1 {100 * val.get('f1_macro', 0):.1f}, mAP {100 * val.get('map', 0):.1f} "
                       f"at threshold {metrics.get('threshold', 0.5):.2f}")
+
+
+def _train_seeds(ctx: typer.Context, config, data: Path, output: Path, overrides: list[str], resume, init_from,
+                 seeds: str) -> None:
+    """train --seeds: each seed's folder records its own single-seed command, OUTPUT this one."""
+    from clem_icd.cli.record import command_line, record_command
+    from clem_icd.run_record import write_command_record
+    from clem_icd.training.seeds import parse_seeds, seed_folder, train_seeds
+
+    def seed_command(seed: int) -> list[str]:
+        return command_line(ctx, values={"output": seed_folder(output, seed)}, drop=("resume", "seeds"),
+                            append=[f"train.seed={seed}"])
+
+    summary = train_seeds(config, overrides, parse_seeds(seeds), data, output, resume=resume, init_from=init_from,
+                          command_of=seed_command,
+                          on_trained=lambda seed, folder: write_command_record(folder, seed_command(seed), seed=seed),
+                          command=shlex.join(command_line(ctx, drop=("resume",))))
+    if summary is None:  # not the main process
+        return
+    record_command(output, ctx, drop=("resume",), resumed=resume is not False)
+    val = summary["metrics"].get("val") or {}
+    cells = [f"{label} {100 * val[key]['mean']:.1f} ± {100 * (val[key]['sd'] or 0):.1f}"
+             for key, label in (("f1_micro", "micro-F1"), ("f1_macro", "macro-F1"), ("map", "mAP"))
+             if (val.get(key) or {}).get("mean") is not None]
+    console.print(f"[green]saved[/] {output}/seeds.json, seeds.md ({len(summary['seeds'])} seeds): val "
+                  + ", ".join(cells))
 
 
 def tokenize(
@@ -112,6 +158,7 @@ def recipes(
 
 
 def evaluate(
+    ctx: typer.Context,
     model: Path = typer.Option(..., "--model", "-m", help="Trained model folder."),
     data: Path = typer.Option(..., "--data", help="Prepared dataset folder."),
     split: str = typer.Option("test", "--split", help="Split to evaluate: train, val or test."),
@@ -132,23 +179,51 @@ def evaluate(
                                     "mean (weighted mean of the probabilities)."),
     unseen_codes: bool = typer.Option(False, "--unseen-codes", help="Rank codes without a training example "
                                       "too, by the model folder's description matcher (clem-icd match)."),
+    device: str = options.DEVICE,
+    precision: str = typer.Option("auto", "--precision", help="auto (the precision training scored val in, "
+                                  "which the model folder records: the one its threshold was tuned in; for a "
+                                  "folder without the record, bf16 where the device runs it natively, else "
+                                  "fp32), fp32, bf16 or fp16."),
+    batch_size: int = typer.Option(None, "--batch-size", "-b", help="Notes per forward pass (training's val "
+                                   "batches: sorted by length within groups of 50 batches); ignored with "
+                                   "--max-batch-tokens. Default: the batches training scored val in (recorded "
+                                   "in the model folder), else 8."),
+    max_batch_tokens: int = typer.Option(None, "--max-batch-tokens", help="Batch by a token budget instead: "
+                                         "notes longest first, as many per forward pass as fit, notes x the "
+                                         "longest one's tokens <= N (a longer note goes alone)."),
+    bootstrap: int = typer.Option(0, "--bootstrap", min=0, metavar="N", help="Bootstrap 95% intervals over the "
+                                  "split's notes from N resamples (1000 is usual), as 'ci95' in metrics.json and "
+                                  "beside each value in the table; the same resamples for every column. 0: none."),
+    bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="Seed of the bootstrap's resamples."),
 ) -> None:
     """Evaluate with the protocol of Edin et al. 2023: only codes present in the split, documents
-    without positives left out, metrics at the val-tuned threshold and at 0.5."""
+    without positives left out, metrics at the val-tuned threshold and at 0.5. By default the
+    model scores notes as training scored val (precision and batches recorded in the folder), so
+    `--split val` gives back the training's metrics.json['val']. Multi-GPU: `accelerate launch -m
+    clem_icd.cli evaluate ...` splits the notes across the processes (docs/distributed.md)."""
     from clem_icd.errors import ClemError
     from clem_icd.evaluation.evaluate import evaluate as run_evaluation
+    from clem_icd.evaluation.scoring import ScoringOptions
     from clem_icd.training.recipe import load_recipe
 
     if fuse_with is not None and fuse_method not in ("rrf", "mean"):
         raise ClemError(f"--fuse-method must be rrf or mean, got '{fuse_method}'")
     if fuse_with is not None and not 0 <= fuse_weight < float("inf"):
         raise ClemError(f"--fuse-weight must be a finite number of at least 0, got {fuse_weight}")
+    scoring = ScoringOptions(device=device, precision=precision, batch_size=batch_size,
+                             max_batch_tokens=max_batch_tokens)  # checked before any model loads
     recipe = load_recipe(baseline_recipe)
     if recipe.kind != "tfidf":
         raise ClemError(f"--baseline-recipe {baseline_recipe}: model.kind is {recipe.kind}, not tfidf")
-    run_evaluation(model, data, split, out, baseline=baseline, baseline_options=recipe.model, fuse_with=fuse_with,
-                   fuse_weight=fuse_weight, fuse_method=fuse_method, unseen_codes=unseen_codes, console=Console())
-    console.print(f"[green]wrote[/] {out}/metrics.json")
+    results = run_evaluation(model, data, split, out, baseline=baseline, baseline_options=recipe.model,
+                             fuse_with=fuse_with, fuse_weight=fuse_weight, fuse_method=fuse_method,
+                             unseen_codes=unseen_codes, scoring=scoring, bootstrap=bootstrap,
+                             bootstrap_seed=bootstrap_seed, console=Console())
+    if results:  # the main process (under accelerate launch the others return none)
+        from clem_icd.cli.record import record_command
+
+        record_command(out, ctx)
+        console.print(f"[green]wrote[/] {out}/metrics.json")
 
 
 def demo(

@@ -30,8 +30,8 @@ def predict(
                                        "its first line is a JSON object, else one note). Default: stdin."),
     top_k: int = typer.Option(None, "--top-k", "-k", help="At most K codes per note (best first). Default: "
                               f"no cap, except {CODIESP_TOP_K} for --format codiesp."),
-    threshold: float = typer.Option(None, "--threshold", "-t", help="Report codes with probability above "
-                                    "T (default: the threshold tuned on val when the model was trained; 0 for "
+    threshold: float = typer.Option(None, "--threshold", "-t", help="Report codes with a score above T "
+                                    "(the probability; a rank score for a model fused by rrf) (default: the threshold tuned on val when the model was trained; 0 for "
                                     "--format codiesp). --threshold 0 --top-k 10 gives the 10 best codes of "
                                     "every note."),
     explain: str = typer.Option(None, "--explain", "-e", help="Add evidence spans per code: 'attention' "
@@ -75,7 +75,8 @@ def predict(
     device: str = options.DEVICE,
     precision: str = options.PRECISION,
 ) -> None:
-    """Code notes: each note gets its codes with system, description, probability and, with
+    """Code notes: each note gets its codes with system, description, score (and probability, when the
+    model's scores are probabilities) and, with
     --explain, evidence spans {start, end, score, text}: character offsets into the note as given
     (text is exactly the note's characters from start to end). Records that cannot be coded (empty, not UTF-8, binary, missing id or text,
     duplicate id) get {"id", "error"} and the others are coded; the exit status is then 3."""

@@ -13,6 +13,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import polars as pl
 
+# What a model records of the text its training notes went through, and applies to new notes:
+# none (raw) or edin2023 (the cleaning above, `prepare --clean-text`).
+TEXT_CLEANINGS = ("none", "edin2023")
+
 _NON_ALNUM = r"[^A-Za-z0-9]+"
 _DIGIT_TOKENS = r"(\s\d+)+\s"
 
@@ -31,6 +35,22 @@ def clean_text(text: str) -> str:
     import polars as pl
 
     return clean_text_series(pl.Series([text]))[0]
+
+
+def text_cleaning_of(options: dict) -> str:
+    """The TEXT_CLEANINGS name of a prepared dataset's text, from its manifest's options."""
+    return "edin2023" if options.get("clean_text") else "none"
+
+
+def clean_texts(texts: list[str], cleaning: str) -> list[str]:
+    """`texts` as a model with text cleaning `cleaning` (TEXT_CLEANINGS) reads new notes."""
+    if cleaning == "none":
+        return list(texts)
+    if cleaning != "edin2023":
+        raise ValueError(f"unknown text cleaning {cleaning!r}")
+    import polars as pl
+
+    return clean_text_series(pl.Series(list(texts), dtype=pl.String)).to_list()
 
 
 _DIGIT_TOKENS_RE = re.compile(_DIGIT_TOKENS)

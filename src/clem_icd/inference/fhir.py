@@ -7,9 +7,12 @@ and Procedure resources for procedure codes, one per predicted code of each note
   Procedure.status = unknown.
 - subject: a logical reference by identifier to the note (system NOTE_SYSTEM, value = note id);
   map it to your Patient when you import the bundle.
-- The probability is an extension (PROBABILITY_URL, valueDecimal); each evidence span is a
-  complex extension (EVIDENCE_URL: start, end, score, text) - on Condition.evidence, whose
-  detail references the note, and on the Procedure itself (R4 Procedure has no evidence).
+- The model's score is an extension (valueDecimal) named for what it is: PROBABILITY_URL when
+  the record has a probability (the coder, the TF-IDF baseline, mean fusion), RANK_SCORE_URL
+  when it has only a rank score (rrf fusion), which a FHIR consumer must not read as a
+  probability. Each evidence span is a complex extension (EVIDENCE_URL: start, end, score,
+  text) - on Condition.evidence, whose detail references the note, and on the Procedure itself
+  (R4 Procedure has no evidence).
 - A note that could not be coded becomes an OperationOutcome naming its id.
 """
 
@@ -21,6 +24,7 @@ from clem_icd.version import __version__
 
 PROFILE_BASE = "https://github.com/clem-icd/clem-icd/fhir/StructureDefinition"
 PROBABILITY_URL = f"{PROFILE_BASE}/probability"
+RANK_SCORE_URL = f"{PROFILE_BASE}/rank-score"
 EVIDENCE_URL = f"{PROFILE_BASE}/evidence-span"
 NOTE_SYSTEM = "urn:clem-icd:note-id"
 SYSTEM_URIS = {
@@ -46,13 +50,20 @@ def _evidence_extension(span: dict) -> dict:
     ]}
 
 
+def score_extension(code: dict) -> dict:
+    """The probability extension when the code record has one, else its rank score's."""
+    if code.get("probability") is not None:
+        return {"url": PROBABILITY_URL, "valueDecimal": round(float(code["probability"]), 6)}
+    return {"url": RANK_SCORE_URL, "valueDecimal": round(float(code["score"]), 6)}
+
+
 def code_resource(note_id: str, code: dict) -> dict:
     system = code.get("system") or "icd10cm"
     coding = {"system": SYSTEM_URIS.get(system, f"urn:clem-icd:code-system:{system}"), "code": code["code"]}
     if code.get("description"):
         coding["display"] = code["description"]
     common = {
-        "extension": [{"url": PROBABILITY_URL, "valueDecimal": round(float(code["probability"]), 6)}],
+        "extension": [score_extension(code)],
         "code": {"coding": [coding]},
         "subject": _note_reference(note_id),
     }

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from clem_icd.batching import pad_batch, token_budget_batches
-from clem_icd.choice import choose_codes
+from clem_icd.choice import PROBABILITY, choose_codes, code_entry
 from clem_icd.errors import ClemError
 from clem_icd.inference.attribution import EXPLAIN_METHODS, token_attributions
 from clem_icd.inference.spans import evidence_spans
@@ -79,7 +79,8 @@ class PredictOptions:
 
 class NotePredictor:
     """Codes notes with an `ICDCoder`; `predict(texts)` gives one result per text:
-    {"codes": [{code, system, description, probability[, evidence]}], "truncated": bool}."""
+    {"codes": [{code, system, description, score, probability[, evidence]}], "truncated": bool}
+    (clem_icd.choice.code_entry; the coder's scores are probabilities)."""
 
     def __init__(self, coder, options: PredictOptions | None = None):
         self.coder = coder
@@ -169,8 +170,8 @@ class NotePredictor:
         for index, note in enumerate(notes):
             codes = []
             for j in chosen[index]:
-                entry = {"code": self.coder.codes[j], "system": self.systems[j],
-                         "description": self.descriptions[j], "probability": float(probabilities[index, j])}
+                entry = code_entry(self.coder.codes[j], self.systems[j], self.descriptions[j],
+                                   probabilities[index, j], PROBABILITY)
                 if explain:
                     entry["evidence"] = evidence.get((index, j), [])
                 codes.append(entry)

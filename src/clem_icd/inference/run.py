@@ -4,7 +4,8 @@ Records are taken in blocks (`block_size`), so that any number of notes is coded
 memory while each block is still length-sorted into batches by the predictor.
 
 One interface for every model kind: a note predictor is a function texts -> one result per text,
-{"codes": [{code, system, description, probability[, evidence]}], "truncated": bool}, which a
+{"codes": [{code, system, description, score[, probability][, evidence]}], "truncated": bool}
+(clem_icd.choice.code_entry: `probability` only where the model's scores are probabilities), which a
 loaded model gives with `model.note_predictor(options)` (the neural coder: NotePredictor; the
 TF-IDF baseline: no evidence, --explain refused, never truncated). Both choose codes with the
 one rule, clem_icd.choice.choose_codes.

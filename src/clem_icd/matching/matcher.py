@@ -35,6 +35,7 @@ from clem_icd.atomic import atomic_folder, check_replaceable
 from clem_icd.errors import ClemError
 from clem_icd.matching.code_space import SpaceCode, code_family
 from clem_icd.matching.segments import DEFAULT_WORDS, note_passages
+from clem_icd.saved import VERSION_KEY, check_keys, stamped
 
 MODEL_TYPE = "clem_icd_matcher"
 CANDIDATES_PER_NOTE = 200  # calibration: the best-matching unseen codes of each training note
@@ -68,8 +69,11 @@ class DescriptionMatcher:
         self.tokenizer = tokenizer
         self.codes, self.systems, self.descriptions = codes, systems, descriptions
         self.seen = np.asarray(seen, dtype=bool)  # codes with a training example
-        self.text_embeddings = text_embeddings.float()
-        self.text_code = text_code.long()
+        # On the encoder's device: a note's passages against every text is a (passages x
+        # ~300,000) product, most of the matching's work.
+        device = next(self.encoder.parameters()).device
+        self.text_embeddings = text_embeddings.float().to(device)
+        self.text_code = text_code.long().to(device)
         self.index = {code: j for j, code in enumerate(codes)}
         families = [code_family(c, s) for c, s in zip(codes, systems)]
         self.family_ids = {f: i for i, f in enumerate(dict.fromkeys(families))}
@@ -97,8 +101,9 @@ class DescriptionMatcher:
 
     @classmethod
     def build(cls, encoder: str, space: list[SpaceCode], seen_codes: set[str], *, words: int = DEFAULT_WORDS,
-              batch_size: int = 256, progress=None) -> "DescriptionMatcher":
-        """Embed every text of `space` with the encoder (uncalibrated: call `calibrate`)."""
+              batch_size: int = 256, progress=None, device: str | None = None) -> "DescriptionMatcher":
+        """Embed every text of `space` with the encoder on `device` (default cpu; uncalibrated:
+        call `calibrate`)."""
         from transformers import AutoModel
 
         from clem_icd.model.coder import load_tokenizer, resolve_encoder
@@ -106,7 +111,7 @@ class DescriptionMatcher:
         if not space:
             raise ClemError("the code space is empty")
         path = resolve_encoder(encoder)
-        model = AutoModel.from_pretrained(path)
+        model = AutoModel.from_pretrained(path).to(device or "cpu")
         config = MatcherConfig(encoder=encoder, words=words, systems=sorted({c.system for c in space}))
         texts, text_code = [], []
         for j, entry in enumerate(space):
@@ -121,7 +126,7 @@ class DescriptionMatcher:
                       torch.zeros(0, model.config.hidden_size), torch.tensor(text_code))
         # Rounded to float16 as saved, so a matcher scores the same before and after saving.
         embedded = matcher.embed(distinct, batch_size=batch_size, progress=progress).half().float()
-        matcher.text_embeddings = embedded[torch.tensor([position[text] for text in texts])]
+        matcher.text_embeddings = embedded[torch.tensor([position[text] for text in texts])].to(model.device)
         return matcher
 
     @torch.no_grad()
@@ -152,15 +157,16 @@ class DescriptionMatcher:
         n_codes = len(self.codes)
         if not passages:
             return MatchResult(np.full(n_codes, -1.0, np.float32), [], np.full(n_codes, -1))
-        embedded = self.embed([text[s:e] for s, e in passages])
+        device = self.text_embeddings.device
+        embedded = self.embed([text[s:e] for s, e in passages]).to(device)
         cosine = embedded @ self.text_embeddings.T  # (passages, texts)
         best_cosine, best_passage = cosine.max(0)
-        per_code = torch.full((n_codes,), -1.0).scatter_reduce(0, self.text_code, best_cosine, "amax")
+        per_code = torch.full((n_codes,), -1.0, device=device).scatter_reduce(0, self.text_code, best_cosine, "amax")
         # The passage of each code's best text: among a code's texts, the one whose cosine won.
-        winner = torch.full((n_codes,), -1, dtype=torch.long)
+        winner = torch.full((n_codes,), -1, dtype=torch.long, device=device)
         won = best_cosine == per_code[self.text_code]
         winner[self.text_code[won]] = best_passage[won]
-        return MatchResult(per_code.numpy(), passages, winner.numpy())
+        return MatchResult(per_code.cpu().numpy(), passages, winner.cpu().numpy())
 
     def similarities(self, texts: list[str]) -> np.ndarray:
         """(len(texts), codes) best cosines."""
@@ -240,11 +246,11 @@ class DescriptionMatcher:
         path = Path(path)
         check_replaceable(path, MODEL_TYPE, "a description matcher")
         with atomic_folder(path) as tmp:
-            (tmp / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+            (tmp / "config.json").write_text(json.dumps(stamped(asdict(self.config)), indent=2) + "\n")
             self.encoder.save_pretrained(tmp / "encoder")
             self.tokenizer.save_pretrained(tmp / "encoder")
-            save_file({"text_embeddings": self.text_embeddings.half().contiguous(),
-                       "text_code": self.text_code.int().contiguous()}, tmp / "embeddings.safetensors")
+            save_file({"text_embeddings": self.text_embeddings.half().cpu().contiguous(),
+                       "text_code": self.text_code.int().cpu().contiguous()}, tmp / "embeddings.safetensors")
             pl.DataFrame({"code": self.codes, "system": self.systems, "description": self.descriptions,
                           "seen": self.seen.tolist()}).write_csv(tmp / "codes.tsv", separator="\t")
         return path
@@ -265,7 +271,9 @@ class DescriptionMatcher:
         for name in ("embeddings.safetensors", "codes.tsv", "encoder"):
             if not (path / name).exists():
                 raise ClemError(f"{path / name}: missing from the matcher folder")
-        config = MatcherConfig(**{k: v for k, v in values.items() if k in MatcherConfig.__dataclass_fields__})
+        check_keys(path / "config.json", values, MatcherConfig.__dataclass_fields__)
+        values.pop(VERSION_KEY, None)
+        config = MatcherConfig(**values)
         tensors = load_file(path / "embeddings.safetensors")
         codes = pl.read_csv(path / "codes.tsv", separator="\t", schema_overrides={"code": pl.String, "system": pl.String,
                                                                                  "description": pl.String, "seen": pl.Boolean})

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clem_icd.choice import choose_codes
+from clem_icd.choice import choose_codes, code_entry
 
 SOURCE = "description match"  # what a code reported by the matcher says it came from
 
@@ -68,21 +68,55 @@ class OpenSetCoder:
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         if isinstance(texts, str):
             raise TypeError("predict_proba takes a list of texts, not one string")
+        return self.combine(list(texts), self.model.predict_proba(list(texts)))
+
+    def combine(self, texts: list[str], model_probabilities: np.ndarray) -> np.ndarray:
+        """(len(texts), len(codes)): the model's probabilities (given: the caller may have scored
+        the model on an accelerator) with the matcher's in the columns of codes without a
+        training example."""
         out = np.zeros((len(texts), len(self.codes)), dtype=np.float32)
-        model_probabilities = self.model.predict_proba(list(texts))
         out[:, :len(self.model.codes)] = model_probabilities
         similarity = self.matcher.similarities(list(texts))[:, self.sources]
         out[:, self.columns] = self.matcher.probability(similarity, self.family_evidence(model_probabilities))
         return out
+
+    def sparse_scores(self, texts: list[str], model_probabilities: np.ndarray, keep: np.ndarray, top_k: int,
+                      block: int = 64, progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What `combine` gives, without its (notes x codes) matrix (19,802 x 140,694 float32 is
+        11 GB on MIMIC-IV test): the columns `keep` (ascending) as they are, (notes, len(keep)),
+        and of the other columns each note's top_k (indices into `codes`, best first, ties by
+        column order) with their scores. Notes go `block` at a time; `progress(n)`: notes done."""
+        keep = np.asarray(keep, dtype=np.int64)
+        others = np.setdiff1d(np.arange(len(self.codes)), keep)
+        k = min(top_k, len(others))
+        dense = np.zeros((len(texts), len(keep)), dtype=np.float32)
+        index = np.zeros((len(texts), k), dtype=np.int64)
+        values = np.zeros((len(texts), k), dtype=np.float32)
+        for start in range(0, len(texts), block):
+            rows = self.combine(texts[start:start + block], model_probabilities[start:start + block])
+            dense[start:start + len(rows)] = rows[:, keep]
+            rest = rows[:, others]  # one copy of the block's other columns, for both reads below
+            best = top_columns(rest, k)
+            index[start:start + len(rows)] = others[best]
+            values[start:start + len(rows)] = np.take_along_axis(rest, best, axis=1)
+            if progress:
+                progress(start + len(rows))
+        return dense, index, values
 
     def predict(self, texts: list[str], threshold: float | None = None, top_k: int | None = None) -> list[list[dict]]:
         threshold = self.threshold if threshold is None else float(threshold)
         return [[self._entry(j, float(row[j])) for j in choose_codes(row, threshold, top_k)]
                 for row in self.predict_proba(texts)]
 
-    def _entry(self, column: int, probability: float) -> dict:
-        return {"code": self.codes[column], "system": self.code_systems[column],
-                "description": self.descriptions[column], "probability": probability}
+    @property
+    def score_kind(self) -> str:
+        """The model's: the matcher's calibrated probabilities join a ranking of probabilities
+        (or, beside an rrf-fused model, of rank scores, where they are then one more score)."""
+        return self.model.score_kind
+
+    def _entry(self, column: int, score: float) -> dict:
+        return code_entry(self.codes[column], self.code_systems[column], self.descriptions[column], score,
+                          self.score_kind)
 
     def note_predictor(self, options):
         """The model's note predictor, with the matcher's codes merged in (evidence, when asked
@@ -114,8 +148,23 @@ class OpenSetCoder:
                         entry["evidence"] = [{"start": start, "end": end, "score": float(match.similarity[j]),
                                               "text": text[start:end]}]
                     codes.append(entry)
-                codes.sort(key=lambda c: -c["probability"])  # stable: the model's order on ties
+                codes.sort(key=lambda c: -c["score"])  # stable: the model's order on ties
                 result["codes"] = codes[:top_k]
             return results
 
         return predict_notes
+
+
+def top_columns(rows: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the columns of its k highest values, best first, ties by column order: the first
+    k columns of a stable descending sort of the row, found by a partition (a sort of 140,000
+    columns a note would cost more than the matching)."""
+    if k == 0:
+        return np.zeros((len(rows), 0), dtype=np.int64)
+    kth = -np.partition(-rows, k - 1, axis=1)[:, k - 1]  # each row's k-th highest value
+    out = np.empty((len(rows), k), dtype=np.int64)
+    for r, row in enumerate(rows):
+        above = np.flatnonzero(row > kth[r])
+        chosen = np.concatenate([above, np.flatnonzero(row == kth[r])[:k - len(above)]])
+        out[r] = chosen[np.argsort(-row[chosen], kind="stable")]
+    return out

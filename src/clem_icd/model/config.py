@@ -14,10 +14,11 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from clem_icd.data.text import TEXT_CLEANINGS
 from clem_icd.errors import ClemError
+from clem_icd.saved import check_keys, stamped
 
 MODEL_TYPE = "clem_icd"
-TEXT_CLEANINGS = ("none", "edin2023")
 HEAD_KINDS = ("laat", "cross")
 LABEL_QUERY_INITS = ("random", "description")
 # What label_query_init: description reads: the code's plain description, or the rich one
@@ -80,6 +81,13 @@ class ICDCoderConfig(CoderSettings):
     code_systems: list[str] = field(default_factory=list)
     descriptions: list[str] = field(default_factory=list)
     text_cleaning: str = "none"  # none | edin2023: what the training notes went through; applied to new notes
+    # How training scored val, the scores `threshold` was tuned on: the autocast precision (fp32,
+    # bf16 or fp16) and the batches (notes per forward pass, or a token budget). `clem-icd
+    # evaluate` scores so by default, since bf16 rounds by a batch's padded shape: only the same
+    # batches in the same precision give training's val metrics back. None: not recorded.
+    scored_precision: str | None = None
+    scored_batch_size: int | None = None
+    scored_max_batch_tokens: int | None = None
     model_type: str = MODEL_TYPE
 
     def __post_init__(self) -> None:
@@ -88,11 +96,13 @@ class ICDCoderConfig(CoderSettings):
             raise ClemError(f"text_cleaning must be one of {', '.join(TEXT_CLEANINGS)}, got '{self.text_cleaning}'")
         if not self.codes:
             raise ClemError("a coder needs at least one code")
+        if self.scored_precision not in (None, "fp32", "bf16", "fp16"):
+            raise ClemError(f"scored_precision must be fp32, bf16 or fp16, got '{self.scored_precision}'")
 
     def save(self, path: Path) -> None:
         from clem_icd.atomic import write_json_atomic
 
-        write_json_atomic(asdict(self), path)
+        write_json_atomic(stamped(asdict(self)), path)
 
     @classmethod
     def load(cls, path: Path) -> "ICDCoderConfig":
@@ -100,7 +110,9 @@ class ICDCoderConfig(CoderSettings):
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ClemError(f"{path}: cannot read model config ({exc.__class__.__name__})") from None
-        if data.get("model_type") != MODEL_TYPE:
-            raise ClemError(f"{path}: not a CLEM-ICD coder (model_type {data.get('model_type')!r})")
-        known = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or data.get("model_type") != MODEL_TYPE:
+            found = data.get("model_type") if isinstance(data, dict) else None
+            raise ClemError(f"{path}: not a CLEM-ICD coder (model_type {found!r})")
+        known = [f.name for f in fields(cls)]
+        check_keys(path, data, known)
         return cls(**{k: v for k, v in data.items() if k in known})

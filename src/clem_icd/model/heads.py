@@ -161,6 +161,10 @@ class LAATHead(nn.Module):
     """PLM-ICD / LAAT (Vu et al. 2020): Z = tanh(W1 H); A = softmax_tokens(W2 Z); V = A H;
     logit_l = w3_l · V_l + b_l."""
 
+    # The parameters with one row per label, in label order (a model extended with new codes
+    # keeps these rows of its old codes, clem_icd.training.init_from); the others are shared.
+    label_parameters = ("second.weight", "output_weight", "output_bias")
+
     def __init__(self, hidden_size: int, num_labels: int, attention_dim: int = 512):
         super().__init__()
         self.first = nn.Linear(hidden_size, attention_dim, bias=False)  # W1
@@ -190,13 +194,16 @@ class LAATHead(nn.Module):
         return logits.float(), weights
 
     @torch.no_grad()
-    def init_from_label_embeddings(self, embeddings: torch.Tensor) -> None:
+    def init_from_label_embeddings(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         """Queries that score tokens by their similarity to the code's description (in the
-        tanh(W1 ·) space the queries live in), and output weights along the description."""
+        tanh(W1 ·) space the queries live in), and output weights along the description.
+        `labels`: the rows `embeddings` are for (default: all); the others are left alone. The
+        rows keep the mean norm they had (their random initialisation's)."""
+        rows = slice(None) if labels is None else labels
         z = torch.tanh(self.first(embeddings))
-        self.second.weight.copy_(F.normalize(z, dim=-1) * self.second.weight.norm(dim=-1).mean())
-        scale = self.output_weight.norm(dim=-1).mean()
-        self.output_weight.copy_(F.normalize(embeddings, dim=-1) * scale)
+        self.second.weight[rows] = F.normalize(z, dim=-1) * self.second.weight[rows].norm(dim=-1).mean()
+        scale = self.output_weight[rows].norm(dim=-1).mean()
+        self.output_weight[rows] = F.normalize(embeddings, dim=-1) * scale
 
 
 class CrossAttentionHead(nn.Module):
@@ -235,6 +242,8 @@ class CrossAttentionHead(nn.Module):
     None of these departures has been ablated against Edin et al.'s exact head in this project
     (docs/results.md has no such run): they are design choices, not measured improvements."""
 
+    label_parameters = ("queries", "output_weight", "output_bias")  # as LAATHead's
+
     def __init__(self, hidden_size: int, num_labels: int, attention_dim: int = 512):
         super().__init__()
         self.queries = nn.Parameter(torch.empty(num_labels, attention_dim))
@@ -263,11 +272,12 @@ class CrossAttentionHead(nn.Module):
         return logits.float(), weights
 
     @torch.no_grad()
-    def init_from_label_embeddings(self, embeddings: torch.Tensor) -> None:
+    def init_from_label_embeddings(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         """Query_l = key projection of the description, so a label first attends to the tokens
-        that resemble its description."""
+        that resemble its description. `labels`: as LAATHead's."""
         keys = self.key(embeddings)
-        self.queries.copy_(keys * (math.sqrt(keys.shape[-1]) / keys.norm(dim=-1, keepdim=True).clamp_min(1e-6)))
+        rows = slice(None) if labels is None else labels
+        self.queries[rows] = keys * (math.sqrt(keys.shape[-1]) / keys.norm(dim=-1, keepdim=True).clamp_min(1e-6))
 
 
 HEADS = {"laat": LAATHead, "cross": CrossAttentionHead}

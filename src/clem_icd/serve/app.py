@@ -203,7 +203,9 @@ def create_app(settings: ServeSettings, load=load_engine) -> FastAPI:
 
     @app.get("/v1/model", tags=["coding"], dependencies=[Depends(authorized)])
     async def model_card() -> dict:
-        """What the model is: encoder, head, code count, threshold, metrics, and the limits."""
+        """What the model is: encoder, head, code count, threshold, `score_kind` (what its scores
+        are: "probability", or "rank score" for a model fused by reciprocal rank, whose codes
+        carry `score` but no `probability`), metrics, and the limits."""
         engine = engine_or_503()
         return {**engine.card(), "max_chars": settings.max_chars, "max_notes": settings.max_notes}
 
@@ -221,7 +223,9 @@ def create_app(settings: ServeSettings, load=load_engine) -> FastAPI:
                          504: {"description": "not coded within the time limit"}})
     async def code(body: CodeRequest, request: Request):
         """Code notes: one result per note in request order, each the object `clem-icd predict`
-        writes ({id, codes, truncated}, or {id, error} for a note that cannot be coded)."""
+        writes ({id, codes, truncated}, or {id, error} for a note that cannot be coded). Each code
+        has `score` (what the threshold compares) and, when the model's scores are
+        probabilities (`score_kind` in /v1/model), `probability`."""
         engine = engine_or_503()
         if len(body.notes) > settings.max_notes:
             raise HTTPException(413, f"notes: {len(body.notes)} notes in one request; the limit is "
@@ -255,7 +259,7 @@ def create_app(settings: ServeSettings, load=load_engine) -> FastAPI:
             return {**bundle, "entry": [entry for record in records for entry in fhir.bundle_entries(record)]}
         card = engine.card()
         return {"model": {"name": card["name"], "codes": card["codes"], "threshold": card["threshold"],
-                          "explain": body.explain, "version": __version__},
+                          "score_kind": card["score_kind"], "explain": body.explain, "version": __version__},
                 "results": records}
 
     async def _code_notes(engine: CodingEngine, options: RequestOptions, texts: list[str],

@@ -93,6 +93,11 @@ class CodingEngine:
         return list(descriptions or [""] * len(self.codes))
 
     @property
+    def score_kind(self) -> str:
+        """What the scores of the codes are: "probability" or "rank score" (clem_icd.choice)."""
+        return self.model.score_kind
+
+    @property
     def max_length(self) -> int | None:
         return self.model.config.max_length if self.neural else None
 
@@ -112,7 +117,7 @@ class CodingEngine:
         else:
             kind = {"encoder": "tfidf", "head": "logistic regression", "max_length": None, "chunk_size": None}
         return {"name": self.model_dir.name, **kind, "codes": len(self.codes),
-                "threshold": float(self.model.threshold), "version": __version__,
+                "threshold": float(self.model.threshold), "score_kind": self.score_kind, "version": __version__,
                 "explain_methods": ["attention", "attingrad", "inputxgrad"] if self.neural else [],
                 "metrics": _metrics(self.model_dir)}
 

@@ -21,8 +21,10 @@ class CodeRequest(BaseModel):
 
     notes: list[Note] = Field(description="Notes to code; results come back in this order.")
     top_k: int | None = Field(default=None, ge=1, description="At most this many codes per note (best first).")
-    threshold: float | None = Field(default=None, ge=0.0, le=1.0, description="Report codes with probability "
-                                    "above this (default: the threshold tuned when the model was trained).")
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0, description="Report codes with a score above "
+                                    "this (default: the threshold tuned when the model was trained). The score "
+                                    "is the model's probability, or its rank score when /v1/model says "
+                                    "score_kind 'rank score' (a model fused by reciprocal rank).")
     explain: Literal["attention", "attingrad", "inputxgrad"] | None = Field(
         default=None, description="Evidence spans per code: attention (free), attingrad or inputxgrad (one "
                                   "backward pass per code).")

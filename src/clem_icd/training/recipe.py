@@ -27,6 +27,7 @@ import yaml
 
 from clem_icd.errors import ClemError
 from clem_icd.model.config import CoderSettings
+from clem_icd.typecheck import checked
 
 MODEL_KINDS = ("clem_icd", "tfidf")
 SECTIONS = ("model", "data", "optim", "train")
@@ -102,6 +103,10 @@ class TrainSettings:
     # removed when training finishes.
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
+    # A record of the training every this many optimizer steps, and at the end of each epoch
+    # (steps.jsonl in the output folder, and the trackers): loss, learning rate, gradient norm,
+    # notes and tokens per second, peak memory.
+    log_every: int = 50
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in MIXED_PRECISIONS:
@@ -111,6 +116,9 @@ class TrainSettings:
             raise ClemError("train: epochs and early_stopping_patience must be at least 1")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
             raise ClemError("train: checkpoint_every must not be negative and keep_checkpoints must be at least 1")
+        if self.log_every < 1:
+            raise ClemError(f"train: log_every must be at least 1 (optimizer steps between step records), "
+                            f"got {self.log_every}")
 
 
 SECTION_TYPES = {"data": DataSettings, "optim": OptimSettings, "train": TrainSettings}
@@ -137,14 +145,22 @@ def load_recipe(recipe: str | Path | None, overrides: list[str] = ()) -> Recipe:
     """A recipe by packaged name or path (None: all defaults), with dotted `key=value` overrides."""
     path = resolve_recipe(recipe) if recipe is not None else None
     values = read_recipe(path) if path is not None else {}
+    origins = {}
     for item in overrides:
         section, key, value = _parse_override(item)
         values.setdefault(section, {})[key] = value
-    return build_recipe(values, where=f"{path}: " if path else "")
+        origins[section, key] = f"override '{item}': "  # its errors name the override, not the file
+    return build_recipe(values, where=f"{path}: " if path else "", origins=origins)
 
 
-def build_recipe(values: dict, where: str = "") -> Recipe:
-    """Validate a recipe's sections (as read from YAML) and build it."""
+def build_recipe(values: dict, where: str = "", origins: dict[tuple[str, str], str] | None = None) -> Recipe:
+    """Validate a recipe's sections (as read from YAML) and build it. A value's error starts
+    with `where` (the file), or with `origins[section, key]` for a value set elsewhere."""
+    origins = origins or {}
+
+    def name(section: str, key: str) -> str:
+        return f"{origins.get((section, key), where)}recipe key '{section}.{key}'"
+
     model = dict(values.get("model") or {})
     kind = model.pop("kind", "clem_icd")
     if kind not in MODEL_KINDS:
@@ -152,41 +168,25 @@ def build_recipe(values: dict, where: str = "") -> Recipe:
     if kind == "tfidf":
         from clem_icd.baselines.tfidf import tfidf_options
 
-        model_settings: CoderSettings | dict = tfidf_options(model)
+        model_settings: CoderSettings | dict = tfidf_options(model, name=lambda key: name("model", key))
     else:
-        model_settings = _section(CoderSettings, "model", model, where)
-    sections = {name: _section(cls, name, values.get(name) or {}, where) for name, cls in SECTION_TYPES.items()}
+        model_settings = _section(CoderSettings, "model", model, where, name)
+    sections = {section: _section(cls, section, values.get(section) or {}, where, name)
+                for section, cls in SECTION_TYPES.items()}
     return Recipe(kind=kind, model=model_settings, **sections)
 
 
-def _section(cls, name: str, values: dict, where: str):
+def _section(cls, section: str, values: dict, where: str, name):
     if not isinstance(values, dict):
-        raise ClemError(f"{where}section '{name}' must be a mapping of keys to values")
+        raise ClemError(f"{where}section '{section}' must be a mapping of keys to values")
     known = [f.name for f in fields(cls)]
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ClemError(f"{where}unknown key(s) in '{name}': {', '.join(unknown)} (known: {', '.join(known)})")
+        raise ClemError(f"{where}unknown key(s) in '{section}': {', '.join(unknown)} (known: {', '.join(known)})")
     hints = get_type_hints(cls)
-    try:
-        return cls(**{key: _coerce(f"{name}.{key}", hints[key], value) for key, value in values.items()})
-    except TypeError as exc:
-        raise ClemError(f"{where}invalid '{name}' section: {exc}") from None
-
-
-def _coerce(key: str, wanted, value):
-    """YAML reads 1e-4 (no dot) as a string; numbers are numbers here, whatever the spelling."""
-    allowed = (wanted, *getattr(wanted, "__args__", ()))
-    for kind in (float, int):
-        if isinstance(value, str) and kind in allowed:
-            try:
-                return kind(value)
-            except ValueError:
-                raise ClemError(f"recipe key '{key}': '{value}' is not a number") from None
-    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, bool) and str in allowed:
-        return "yes" if value else "no"  # YAML 1.1 reads `no` as false (mixed_precision: no)
-    return value
+    # Every value against its field's type hint (clem_icd.typecheck): a value of the wrong type
+    # would otherwise reach the model as something else ("false" is true, 16.0 is not an int).
+    return cls(**{key: checked(name(section, key), hints[key], value) for key, value in values.items()})
 
 
 def _parse_override(item: str) -> tuple[str, str, object]:

@@ -16,6 +16,10 @@
  * text are kept as they are (CRLF included), and typing in the textarea is applied to the raw
  * string as an edit of the changed stretch only, so the untouched parts keep their line endings.
  * What is sent is `note.raw`.
+ *
+ * Scores: each code has `score` and, when the model's scores are probabilities, `probability`.
+ * A model fused by reciprocal rank (GET /v1/model: score_kind "rank score") gives rank scores,
+ * which the page shows and exports as rank scores, never as a probability or a percentage.
  */
 "use strict";
 
@@ -23,6 +27,7 @@
   const PROFILE_BASE = "https://github.com/clem-icd/clem-icd/fhir/StructureDefinition";
   const DECISION_URL = `${PROFILE_BASE}/review-decision`;
   const PROBABILITY_URL = `${PROFILE_BASE}/probability`;
+  const RANK_SCORE_URL = `${PROFILE_BASE}/rank-score`;
   const EVIDENCE_URL = `${PROFILE_BASE}/evidence-span`;
   const NOTE_SYSTEM = "urn:clem-icd:note-id";
   const VERIFICATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/condition-ver-status";
@@ -113,6 +118,9 @@
   const shortName = (name) => name.replace(/[\\/]+$/, "").split(/[\\/]/).slice(-2).join("/");
 
   const formatNumber = (n) => n.toLocaleString("en-US");
+
+  /** What the model's scores are called: "probability" or "rank score" (GET /v1/model). */
+  const scoreName = () => (model && model.score_kind === "rank score" ? "rank score" : "probability");
 
   function formatProbability(p) {
     if (typeof p !== "number" || !Number.isFinite(p)) return "—";
@@ -315,9 +323,12 @@
       Number.isFinite(model.codes) ? `${formatNumber(model.codes)} codes` : null,
       Number.isFinite(model.threshold) ? `threshold ${model.threshold.toFixed(2)}` : null,
       Number.isFinite(model.max_length) ? `reads the first ${formatNumber(model.max_length)} tokens of a note` : null,
+      scoreName() === "rank score" ? "scores are rank scores, not probabilities" : null,
       model.version ? `version ${model.version}` : null,
     ].filter(Boolean);
     el.modelInfo.textContent = `Model: ${parts.join(" · ")}`;
+    const name = scoreName();
+    el.thresholdLabel.textContent = `${name.charAt(0).toUpperCase()}${name.slice(1)} threshold (optional)`;
     const methods = Array.isArray(model.explain_methods) ? model.explain_methods.map(String) : [];
     if (methods.length) {
       const current = el.explain.value;
@@ -454,11 +465,12 @@
   function readOptions() {
     let threshold = null;
     let topK = null;
-    if (el.threshold.validity.badInput) throw new Error("The probability threshold must be a number between 0 and 1.");
+    const mustBe = `The ${scoreName()} threshold must be a number between 0 and 1.`;
+    if (el.threshold.validity.badInput) throw new Error(mustBe);
     if (el.threshold.value.trim() !== "") {
       threshold = Number(el.threshold.value);
       if (!Number.isFinite(threshold) || threshold < 0 || threshold > 1) {
-        throw new Error("The probability threshold must be a number between 0 and 1.");
+        throw new Error(mustBe);
       }
     }
     if (el.topK.validity.badInput) throw new Error("The number of codes must be a whole number of at least 1.");
@@ -574,6 +586,8 @@
       system: code.system ? String(code.system) : "icd10cm",
       description: code.description ? String(code.description) : "",
       probability: typeof code.probability === "number" ? code.probability : null,
+      // Records written before `score` existed carry only their probability.
+      score: typeof code.score === "number" ? code.score : typeof code.probability === "number" ? code.probability : null,
       evidence: convertEvidence(code.evidence, text, table, counts),
       decision: "undecided",
       source: "model",
@@ -675,15 +689,20 @@
     description.textContent = item.description || "(no description)";
     const probability = document.createElement("span");
     probability.className = "code-prob";
-    if (item.probability === null) {
+    if (item.score === null) {
       probability.textContent = "added";
     } else {
-      probability.append(visuallyHidden("probability "), formatProbability(item.probability));
+      if (item.probability !== null) {
+        probability.append(visuallyHidden("probability "), formatProbability(item.probability));
+      } else {  // a rank score is no probability: no percent sign
+        probability.append(visuallyHidden("rank score "), Number.isFinite(item.score) ? item.score.toFixed(3) : "—");
+        probability.title = "Rank score (reciprocal rank fusion), not a probability";
+      }
       const bar = document.createElement("span");
       bar.className = "prob-bar";
       bar.setAttribute("aria-hidden", "true");
       const fill = document.createElement("span");
-      fill.style.width = `${Math.max(0, Math.min(1, item.probability)) * 100}%`;
+      fill.style.width = `${Math.max(0, Math.min(1, item.score)) * 100}%`;
       bar.append(fill);
       probability.append(bar);
     }
@@ -1073,6 +1092,7 @@
       system: code.system ? String(code.system) : "icd10cm",
       description: code.description ? String(code.description) : "",
       probability: null,
+      score: null,
       evidence: [],
       decision: "added",
       source: "coder",
@@ -1179,11 +1199,13 @@
         system: item.system,
         description: item.description,
         probability: item.probability,
+        score: item.score,
         decision: item.decision,
         evidence: exportSpans(item),
       })),
       undecided: review.items.filter((item) => item.decision === "undecided").map((item) => ({
         code: item.code, system: item.system, description: item.description, probability: item.probability,
+        score: item.score,
       })),
     };
     download(`${fileStem()}-review.json`, "application/json", `${JSON.stringify(document_, null, 2)}\n`);
@@ -1208,7 +1230,9 @@
     const coding = { system: SYSTEM_URIS[item.system] || `urn:clem-icd:code-system:${item.system}`, code: item.code };
     if (item.description) coding.display = item.description;
     const extension = [{ url: DECISION_URL, valueCode: item.decision }];
+    // As the server's FHIR output: a probability where there is one, else the rank score, named so.
     if (item.probability !== null) extension.push({ url: PROBABILITY_URL, valueDecimal: Math.round(item.probability * 1e6) / 1e6 });
+    else if (item.score !== null) extension.push({ url: RANK_SCORE_URL, valueDecimal: Math.round(item.score * 1e6) / 1e6 });
     const spans = exportSpans(item);
     if (PROCEDURE_SYSTEMS.has(item.system)) {
       return {
@@ -1320,7 +1344,7 @@
   function init() {
     Object.assign(el, {
       modelInfo: $("model-info"), token: $("token"), tokenError: $("token-error"), remember: $("remember-token"), explain: $("explain"),
-      threshold: $("threshold"), topK: $("top-k"), form: $("note-form"), noteId: $("note-id"),
+      threshold: $("threshold"), thresholdLabel: $("threshold-label"), topK: $("top-k"), form: $("note-form"), noteId: $("note-id"),
       noteFile: $("note-file"), noteText: $("note-text"), noteStats: $("note-stats"), codeButton: $("code-button"),
       clearButton: $("clear-button"), status: $("status"), error: $("error"), review: $("review"),
       warnings: $("warnings"), noteView: $("note-view"), showAll: $("show-all"), codeList: $("code-list"),

@@ -8,6 +8,8 @@
   echoing the offending value (it could be note text); each request has a time limit (504).
 - Logs and metrics never carry note text or note ids: handlers log counts and sizes only, and an
   unexpected error is logged by its class name.
+- Every error answer is `ErrorResponse` and every route lists each status it can answer in
+  `/openapi.json` (clem_icd.serve.contract); a fuzzer holds the service to it in the tests.
 """
 
 from __future__ import annotations
@@ -34,9 +36,18 @@ from clem_icd.errors import ClemError
 from clem_icd.inference import fhir
 from clem_icd.serve.batcher import MicroBatcher, QueueFull
 from clem_icd.serve.code_search import CodeIndex
+from clem_icd.serve.contract import BodyLimit, error_responses, finish_schema
 from clem_icd.serve.engine import WARM_UP_TEXT, CodingEngine, RequestOptions
 from clem_icd.serve.metrics import ServiceMetrics
-from clem_icd.serve.schemas import CodeRequest
+from clem_icd.serve.schemas import (
+    CodeAnswer,
+    CodeRequest,
+    CodeSearch,
+    FhirBundle,
+    Liveness,
+    ModelCard,
+    Readiness,
+)
 from clem_icd.serve.settings import ServeSettings
 from clem_icd.version import __version__
 
@@ -139,6 +150,9 @@ def create_app(settings: ServeSettings, load=load_engine) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
     app.state.service = state
+    # Outside everything else, so that Starlette's plain-text 413 for an oversize Content-Length is
+    # never reached (contract.BodyLimit). FastAPIOffline builds a plain FastAPI: no subclass to override.
+    app.build_middleware_stack = lambda: BodyLimit(FastAPI.build_middleware_stack(app), settings.max_body_bytes)
     Instrumentator(registry=registry, excluded_handlers=["/metrics"]).instrument(app).expose(
         app, include_in_schema=False)
 
@@ -152,6 +166,19 @@ def create_app(settings: ServeSettings, load=load_engine) -> FastAPI:
         first = errors[0] if errors else {"loc": ["body"], "msg": "malformed request"}
         return JSONResponse({"detail": f"{'.'.join(first['loc'])}: {first['msg']}", "errors": errors},
                             status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's own answer would be plain text, outside the error model.
+        log.error("unexpected error: %s", exc.__class__.__name__)
+        return JSONResponse({"detail": f"unexpected error ({exc.__class__.__name__})"}, status_code=500)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = finish_schema(FastAPI.openapi(app), settings.max_notes, settings.max_chars)
+        return app.openapi_schema
+
+    app.openapi = openapi
 
     def unavailable(detail: str, retry_after: float) -> HTTPException:
         return HTTPException(503, detail, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
@@ -180,12 +207,15 @@ def create_app(settings: ServeSettings, load=load_engine) -> FastAPI:
 
     # ------------------------------------------------------------------ health and the page
 
-    @app.get("/health/live", tags=["health"])
+    @app.get("/health/live", tags=["health"], response_model=Liveness)
     async def live() -> dict:
         """200 while the process runs."""
         return {"status": "live"}
 
-    @app.get("/health/ready", tags=["health"], responses={503: {"description": "loading, failed or draining"}})
+    # A probe's 503 is its state, not an error: the same body as the 200.
+    @app.get("/health/ready", tags=["health"], response_model=Readiness,
+             responses={503: {"model": Readiness, "description": "loading, failed or draining",
+                              "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}}}})
     async def ready() -> JSONResponse:
         """200 once the model is loaded and warm; 503 before, after a failed load, and while draining."""
         if state.serving:
@@ -201,7 +231,8 @@ def create_app(settings: ServeSettings, load=load_engine) -> FastAPI:
 
     # ------------------------------------------------------------------ the API
 
-    @app.get("/v1/model", tags=["coding"], dependencies=[Depends(authorized)])
+    @app.get("/v1/model", tags=["coding"], dependencies=[Depends(authorized)], response_model=None,
+             responses={200: {"model": ModelCard}, **error_responses(503)})
     async def model_card() -> dict:
         """What the model is: encoder, head, code count, threshold, `score_kind` (what its scores
         are: "probability", or "rank score" for a model fused by reciprocal rank, whose codes
@@ -209,19 +240,19 @@ def create_app(settings: ServeSettings, load=load_engine) -> FastAPI:
         engine = engine_or_503()
         return {**engine.card(), "max_chars": settings.max_chars, "max_notes": settings.max_notes}
 
-    @app.get("/v1/codes", tags=["coding"], dependencies=[Depends(authorized)])
+    @app.get("/v1/codes", tags=["coding"], dependencies=[Depends(authorized)], response_model=CodeSearch,
+             responses=error_responses(422, 503))
     async def search_codes(q: str = Query(..., max_length=200, description="Code prefix or description words."),
                            limit: int = Query(20, ge=1, le=200)) -> dict:
         """The model's codes matching `q` (a code prefix, dots optional, or words of the description)."""
         engine_or_503()
         return {"codes": state.index.search(q, limit)}
 
-    @app.post("/v1/code", tags=["coding"], dependencies=[Depends(authorized)],
-              responses={401: {"description": "missing or wrong token"},
-                         413: {"description": "a note, the request or the body is too large"},
-                         503: {"description": "queue full, loading or draining (see Retry-After)"},
-                         504: {"description": "not coded within the time limit"}})
-    async def code(body: CodeRequest, request: Request):
+    @app.post("/v1/code", tags=["coding"], dependencies=[Depends(authorized)], response_model=None,
+              responses={200: {"model": CodeAnswer | FhirBundle,
+                               "description": "`format: json`: CodeAnswer; `format: fhir`: FhirBundle."},
+                         **error_responses(413, 422, 500, 503, 504)})
+    async def code(body: CodeRequest, request: Request) -> dict:
         """Code notes: one result per note in request order, each the object `clem-icd predict`
         writes ({id, codes, truncated}, or {id, error} for a note that cannot be coded). Each code
         has `score` (what the threshold compares) and, when the model's scores are

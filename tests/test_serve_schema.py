@@ -105,6 +105,21 @@ def test_a_route_added_later_is_documented_with_the_error_model(app, client):
     assert failed.json() == {"detail": "unexpected error (RuntimeError)"}  # its message could quote text
 
 
+def test_an_unexpected_error_reaches_no_log_with_its_message(app, caplog):
+    """Starlette re-raises an unexpected error after the 500 for the server to log with its
+    traceback, which could quote note text: it stops at the service (the test client would
+    re-raise it too), and the one log line names its class only."""
+    @app.get("/v1/boom")
+    async def boom() -> dict:
+        raise ValueError("note text: patient with chest pain")
+
+    with caplog.at_level("DEBUG"):
+        answer = TestClient(app).get("/v1/boom")  # raise_server_exceptions left on
+    assert answer.status_code == 500 and answer.json() == {"detail": "unexpected error (ValueError)"}
+    assert "chest pain" not in caplog.text and "Traceback" not in caplog.text
+    assert "unexpected error: ValueError" in caplog.text
+
+
 def _valid(schema: dict, response, path: str, method: str, status: str) -> None:
     assert str(response.status_code) == status, (path, response.status_code, response.text)
     assert response.headers["content-type"] == "application/json", (path, status)

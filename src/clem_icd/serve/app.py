@@ -36,7 +36,7 @@ from clem_icd.errors import ClemError
 from clem_icd.inference import fhir
 from clem_icd.serve.batcher import MicroBatcher, QueueFull
 from clem_icd.serve.code_search import CodeIndex
-from clem_icd.serve.contract import BodyLimit, error_responses, finish_schema
+from clem_icd.serve.contract import BodyLimit, NoTracebacks, error_responses, finish_schema
 from clem_icd.serve.engine import WARM_UP_TEXT, CodingEngine, RequestOptions
 from clem_icd.serve.metrics import ServiceMetrics
 from clem_icd.serve.schemas import (
@@ -152,7 +152,9 @@ def create_app(settings: ServeSettings, load=load_engine) -> FastAPI:
     app.state.service = state
     # Outside everything else, so that Starlette's plain-text 413 for an oversize Content-Length is
     # never reached (contract.BodyLimit). FastAPIOffline builds a plain FastAPI: no subclass to override.
-    app.build_middleware_stack = lambda: BodyLimit(FastAPI.build_middleware_stack(app), settings.max_body_bytes)
+    # NoTracebacks outermost: the server never logs an unexpected error's traceback (note text).
+    app.build_middleware_stack = lambda: NoTracebacks(BodyLimit(FastAPI.build_middleware_stack(app),
+                                                                settings.max_body_bytes))
     Instrumentator(registry=registry, excluded_handlers=["/metrics"]).instrument(app).expose(
         app, include_in_schema=False)
 

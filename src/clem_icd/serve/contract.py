@@ -115,3 +115,23 @@ class BodyLimit:
                 await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class NoTracebacks:
+    """Outermost: an unexpected error stops here. The app's handler has answered it (500, in the
+    error model) and logged its class; Starlette then re-raises it for the server, whose log
+    line would carry the whole traceback, and an exception's message or frame may quote note
+    text. Swallowed, it is not logged again."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        except Exception:  # noqa: BLE001 - answered and logged (by class) inside
+            return
+

@@ -22,6 +22,7 @@ from clem_icd.batching import token_budget_batches
 from clem_icd.data.labels import label_indices, multi_hot
 from clem_icd.errors import ClemError
 from clem_icd.inference import NotePredictor, PredictOptions
+from clem_icd.inference.distributed import gather_scores
 from clem_icd.training.data import (
     GlobalBatch,
     MicroBatch,
@@ -30,7 +31,7 @@ from clem_icd.training.data import (
     collate,
 )
 from clem_icd.training.recipe import load_recipe
-from clem_icd.training.trainer import accumulate_global_batch, gather_scores, note_losses
+from clem_icd.training.trainer import accumulate_global_batch, note_losses
 
 
 def random_lengths(n: int, seed: int = 0) -> list[int]:

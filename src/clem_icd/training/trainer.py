@@ -39,9 +39,8 @@ from clem_icd.data.dataset import PreparedDataset
 from clem_icd.errors import ClemError
 from clem_icd.evaluation.metrics import compute_metrics, tune_threshold
 
-# One gather of scores for training's val and evaluate; gather_scores is also imported from here.
-from clem_icd.inference.distributed import distributed_on_cpu as _distributed_on_cpu
-from clem_icd.inference.distributed import gather_scores  # noqa: F401
+# One gather of scores for training's val and evaluate (clem_icd.inference.distributed).
+from clem_icd.inference.distributed import distributed_on_cpu, gather_scores
 from clem_icd.precision import mixed_precision
 from clem_icd.progress import progress_bar, warn
 from clem_icd.training.checkpoints import (
@@ -233,7 +232,7 @@ def train_coder(recipe: Recipe, dataset: PreparedDataset, output_dir: Path, chec
     data, optim, loop = recipe.data, recipe.optim, recipe.train
     by_tokens = data.max_batch_tokens is not None
     tokenise_before_processes_join(dataset, recipe.model, init_from)
-    cpu = _distributed_on_cpu()
+    cpu = distributed_on_cpu()
     state = PartialState(cpu=cpu)  # the state Accelerator will share
     report = warn if state.is_main_process else (lambda message: None)  # once, not per process
     # By tokens, micro-batches are accumulated by hand (accumulate_global_batch), not by Accelerate.

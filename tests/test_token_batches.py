@@ -261,6 +261,9 @@ def ddp_worker(rank: int, world: int, port: int, results: str) -> None:
     out["scores"] = gather_scores(accelerator, index, rows, len(items), chunk=2).tolist()
     with open(f"{results}.{rank}", "w") as handle:
         json.dump(out, handle)
+    # A barrier before the group ends: a process that tore its group down while the other was
+    # still finishing the last gather aborted in gloo (SIGABRT, once in CI).
+    accelerator.wait_for_everyone()
     accelerator.end_training()  # also ends the process group
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +79,47 @@ def trigger_model(tmp_path_factory) -> Path:
     from trigger_fixture import train_trigger_model
 
     return train_trigger_model(tmp_path_factory.mktemp("trigger"))
+
+
+# ---------------------------------------------------------------- the workbench's two databases
+# Every workbench test that takes `work_db` runs twice: on a SQLite file and on a real PostgreSQL
+# server (Debian's package) that pytest-postgresql starts once per session, a fresh database per
+# test. Without PostgreSQL installed those runs skip with the reason, except under CI=true.
+
+PG_CTL = Path(__file__).with_name("pg_ctl_as_postgres")
+
+
+def _postgresql_missing() -> str | None:
+    if any(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")) or shutil.which("pg_ctl"):
+        return None
+    return "PostgreSQL is not installed (apt-get install postgresql)"
+
+
+try:
+    from pytest_postgresql import factories as _pg
+except ImportError:  # the dev extra has it; a bare install runs the SQLite half
+    _pg = None
+else:
+    postgresql_server = _pg.postgresql_proc(executable=str(PG_CTL), port=None)
+    postgresql_database = _pg.postgresql("postgresql_server")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def work_db(request, tmp_path):
+    """A workbench Database at the code's head revision (clem_icd.workbench.db)."""
+    from clem_icd.workbench.db import Database, upgrade
+
+    if request.param == "sqlite":
+        url = str(tmp_path / "work.db")
+    else:
+        missing = _postgresql_missing() or (None if _pg else "pytest-postgresql is not installed")
+        if missing:
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"under CI=true PostgreSQL must be there: {missing}")
+            pytest.skip(missing)
+        info = request.getfixturevalue("postgresql_database").info
+        url = f"postgresql+psycopg://{info.user}@{info.host}:{info.port}/{info.dbname}"
+    db = Database(url)
+    upgrade(db)
+    yield db
+    db.dispose()

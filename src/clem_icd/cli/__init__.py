@@ -20,6 +20,7 @@ from clem_icd.cli import predict as predict_cli
 from clem_icd.cli import prepare as prepare_cli
 from clem_icd.cli import report as report_cli
 from clem_icd.cli import serve as serve_cli
+from clem_icd.cli import work as work_cli
 from clem_icd.errors import ClemError
 from clem_icd.progress import set_enabled
 from clem_icd.version import __version__
@@ -43,6 +44,9 @@ app.command("predict")(predict_cli.predict)
 app.command("evaluate-evidence")(evaluate_evidence_cli.evaluate_evidence)
 app.command("report")(report_cli.report)
 app.command("serve")(serve_cli.serve)
+app.add_typer(work_cli.db_app, name="db")
+app.add_typer(work_cli.users_app, name="users")
+app.add_typer(work_cli.work_app, name="work")
 app.command("demo")(model_cli.demo)
 app.command("recipes")(model_cli.recipes)
 

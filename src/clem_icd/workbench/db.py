@@ -64,6 +64,9 @@ class Database:
 
     @property
     def name(self) -> str:
+        """As a user writes it in --db: a SQLite file's path, a URL without its password."""
+        if self.is_sqlite and self.url.database:
+            return self.url.database
         return self.url.render_as_string(hide_password=True)
 
     @contextmanager

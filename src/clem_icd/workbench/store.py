@@ -371,23 +371,29 @@ class WorkStore:
     def export(self, statuses: tuple[str, ...] = ("coded", "audited"), mark: bool = True,
                purge_text: bool = False) -> Iterator[dict]:
         """The final codes of each finished note, with who coded and audited it, in queue order.
-        `mark`: record the export time; `purge_text`: then drop the exported notes' text."""
+        `mark` (and `purge_text`): see `mark_exported`, done for each chunk once it is read."""
         with self.db.read() as session:
             seqs = session.scalars(select(Note.seq).where(Note.status.in_(statuses)).order_by(Note.seq)).all()
         for start in range(0, len(seqs), 200):
-            chunk = seqs[start:start + 200]
             with self.db.read() as session:
-                records = [self._final(session, seq) for seq in chunk]
+                records = [self._final(session, seq) for seq in seqs[start:start + 200]]
             yield from records
             if mark or purge_text:
-                values = {"exported_at": now()}
+                self.mark_exported([record["id"] for record in records], purge_text=purge_text)
+
+    def mark_exported(self, note_ids: list[str], purge_text: bool = False) -> None:
+        """Record the export time; with `purge_text`, drop the notes' text too (retention): their
+        codes, decisions and audit lines stay."""
+        for start in range(0, len(note_ids), 500):
+            chunk = note_ids[start:start + 500]
+            values = {"exported_at": now()}
+            if purge_text:
+                values.update(text=None, text_purged_at=now())
+            with self.db.write() as session:
+                session.execute(update(Note).where(Note.id.in_(chunk)).values(**values))
                 if purge_text:
-                    values.update(text=None, text_purged_at=now())
-                with self.db.write() as session:
-                    session.execute(update(Note).where(Note.seq.in_(chunk)).values(**values))
-                    if purge_text:
-                        for record in records:
-                            audit(session, None, "text purged", record["id"], {})
+                    for note_id in chunk:
+                        audit(session, None, "text purged", note_id, {})
 
     def _final(self, session: Session, seq: int) -> dict:
         note = session.get(Note, seq)
@@ -404,9 +410,9 @@ class WorkStore:
             auditor = session.scalar(select(User.name).join(AuditEvent, AuditEvent.user_id == User.id)
                                      .where(AuditEvent.note_id == note.id, AuditEvent.action == "audited")
                                      .order_by(AuditEvent.id.desc()).limit(1))
+        suggested = {s.code: s for s in session.scalars(select(Suggestion).where(Suggestion.note_seq == seq))}
         return {"id": note.id, "status": note.status, "meta": note.meta,
-                "codes": [{"code": c.code, "system": c.system, "verdict": c.verdict,
-                           "principal": c.code == latest.principal_code} for c in codes],
+                "codes": [_final_code(c, latest.principal_code, suggested.get(c.code)) for c in codes],
                 "principal_code": latest.principal_code,
                 "coded_by": coding[1], "coded_at": _time(coding[0].created_at) if coding[0] else None,
                 "audited_by": auditor, "corrected_by_auditor": audited[0] is not None,
@@ -514,6 +520,13 @@ def _verdicts(decision: dict, suggested: dict[str, tuple]) -> dict[str, tuple[st
                     raise Invalid(f"{place}: {code} is not among the note's suggestions")
                 verdicts[code] = (verdict, suggested[code][0])
     return verdicts
+
+
+def _final_code(code: DecisionCode, principal: str | None, suggestion: Suggestion | None) -> dict:
+    out = {"code": code.code, "system": code.system, "verdict": code.verdict, "principal": code.code == principal}
+    if suggestion is not None:  # what the model said of it; an added code has nothing
+        out.update(description=suggestion.description, score=suggestion.score, probability=suggestion.probability)
+    return out
 
 
 def _rate(counts: dict) -> dict:

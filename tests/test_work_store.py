@@ -223,7 +223,8 @@ def test_export_can_purge_the_text_and_the_audit_log_never_holds_it(store, work_
     version = store.save_decision("n1", ann, version, {"accepted": ["J18.9"], "reason": "ok"})
     store.submit("n1", ann, version)
     [record] = list(store.export(purge_text=True))
-    assert record["codes"] == [{"code": "J18.9", "system": "icd10cm", "verdict": "accepted", "principal": False}]
+    assert record["codes"] == [{"code": "J18.9", "system": "icd10cm", "verdict": "accepted", "principal": False,
+                                "description": "d J18.9", "score": pytest.approx(0.9), "probability": pytest.approx(0.9)}]
     note = store.get_note("n1")
     assert note["text"] is None and note["text_purged"]
     assert all("text" not in span for s in note["suggestions"] for span in s["evidence"])

@@ -14,6 +14,13 @@ and Procedure resources for procedure codes, one per predicted code of each note
   text) - on Condition.evidence, whose detail references the note, and on the Procedure itself
   (R4 Procedure has no evidence).
 - A note that could not be coded becomes an OperationOutcome naming its id.
+
+A coder's decisions on one note (`decision_entries`, `decision_bundle`; the review page's FHIR
+export and the workbench's) map the same way, the decision being what the resource states:
+accepted and added codes are Condition.verificationStatus confirmed / Procedure.status
+completed, rejected ones refuted / unknown; DECISION_URL (valueCode accepted, rejected or added)
+says which, the probability or rank-score extension is there when the code was suggested (an
+added code has neither), and an evidence span without a score has no score part.
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ PROFILE_BASE = "https://github.com/clem-icd/clem-icd/fhir/StructureDefinition"
 PROBABILITY_URL = f"{PROFILE_BASE}/probability"
 RANK_SCORE_URL = f"{PROFILE_BASE}/rank-score"
 EVIDENCE_URL = f"{PROFILE_BASE}/evidence-span"
+DECISION_URL = f"{PROFILE_BASE}/review-decision"
+DECISIONS = ("accepted", "rejected", "added")
+VERIFICATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 NOTE_SYSTEM = "urn:clem-icd:note-id"
 SYSTEM_URIS = {
     "icd10cm": "http://hl7.org/fhir/sid/icd-10-cm",
@@ -42,10 +52,12 @@ def _note_reference(note_id: str) -> dict:
 
 
 def _evidence_extension(span: dict) -> dict:
+    # A model's span always has a score; a span a coder's tool sends may not (FHIR has no null).
+    score = [] if span.get("score") is None else [{"url": "score", "valueDecimal": float(span["score"])}]
     return {"url": EVIDENCE_URL, "extension": [
         {"url": "start", "valueInteger": int(span["start"])},
         {"url": "end", "valueInteger": int(span["end"])},
-        {"url": "score", "valueDecimal": float(span["score"])},
+        *score,
         {"url": "text", "valueString": span["text"]},
     ]}
 
@@ -75,7 +87,7 @@ def code_resource(note_id: str, code: dict) -> dict:
     resource = {
         "resourceType": "Condition",
         "verificationStatus": {"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "provisional"}]},
+            "system": VERIFICATION_SYSTEM, "code": "provisional"}]},
         **common,
     }
     if spans:
@@ -106,3 +118,77 @@ def bundle_entries(record: dict) -> list[dict]:
 def bundle_header(timestamp: str) -> dict:
     return {"resourceType": "Bundle", "type": "collection", "timestamp": timestamp,
             "meta": {"tag": [{"system": "urn:clem-icd:generator", "code": f"clem-icd-{__version__}"}]}}
+
+
+def _decision_problem(index: int, decision: dict, earlier: set[tuple[str, str]]) -> str | None:
+    """Why decision `index` cannot be stated (its place and what is wrong, never its text), or None.
+    `earlier`: (system, code) of the decisions before it, which this one is added to."""
+    system = decision.get("system") or "icd10cm"
+    key = (system, decision["code"])
+    duplicate = key in earlier
+    earlier.add(key)
+    if decision.get("decision") not in DECISIONS:
+        return f"decisions.{index}.decision: one of {', '.join(DECISIONS)}"
+    if duplicate:
+        # A second statement on one code of one note repeats or contradicts the first, which stands:
+        # reported, not merged, so that a consumer sees the conflict.
+        return f"decisions.{index}: {system} {decision['code']} has an earlier decision"
+    for j, span in enumerate(decision.get("evidence") or []):
+        # The text is note[start:end]: its code points are end - start, which the server can check
+        # without the note.
+        if len(span["text"]) != int(span["end"]) - int(span["start"]):
+            return (f"decisions.{index}.evidence.{j}: the text has {len(span['text'])} characters, "
+                    f"end - start is {int(span['end']) - int(span['start'])}")
+    return None
+
+
+def decision_resource(note_id: str, decision: dict) -> dict:
+    """The Condition or Procedure stating one coder decision (see the module's docstring)."""
+    system = decision.get("system") or "icd10cm"
+    coding = {"system": SYSTEM_URIS.get(system, f"urn:clem-icd:code-system:{system}"), "code": decision["code"]}
+    if decision.get("description"):
+        coding["display"] = decision["description"]
+    rejected = decision["decision"] == "rejected"
+    extension = [{"url": DECISION_URL, "valueCode": decision["decision"]}]
+    if decision.get("probability") is not None or decision.get("score") is not None:
+        extension.append(score_extension(decision))
+    spans = decision.get("evidence") or []
+    common = {"code": {"coding": [coding]}, "subject": _note_reference(note_id)}
+    if system in PROCEDURE_SYSTEMS:
+        return {"resourceType": "Procedure", "status": "unknown" if rejected else "completed",
+                "extension": extension + [_evidence_extension(span) for span in spans], **common}
+    resource = {
+        "resourceType": "Condition", "extension": extension,
+        "verificationStatus": {"coding": [{"system": VERIFICATION_SYSTEM,
+                                           "code": "refuted" if rejected else "confirmed"}]},
+        **common,
+    }
+    if spans:
+        resource["evidence"] = [{"extension": [_evidence_extension(span)], "detail": [_note_reference(note_id)]}
+                                for span in spans]
+    return resource
+
+
+def decision_entries(note_id: str, decisions: list[dict]) -> list[dict]:
+    """Bundle entries for a coder's decisions on one note, in their order: each decision
+    ({code, system, description, decision: accepted|rejected|added, probability, score,
+    evidence: [{start, end, score, text}]}) as its Condition or Procedure, or, when it cannot be
+    stated (`_decision_problem`), as an OperationOutcome naming its place. The fullUrl is the same
+    for the same note, system and code in every export, and differs from the suggestion's
+    (`bundle_entries`), which a decision does not replace."""
+    entries, earlier = [], set()
+    for index, decision in enumerate(decisions):
+        problem = _decision_problem(index, decision, earlier)
+        if problem is None:
+            key = f"decision:{note_id}:{decision.get('system') or 'icd10cm'}:{decision['code']}"
+            resource = decision_resource(note_id, decision)
+        else:
+            key = f"decision-error:{note_id}:{index}"
+            resource = error_resource(note_id, problem)
+        entries.append({"fullUrl": f"urn:uuid:{uuid.uuid5(_NAMESPACE, key)}", "resource": resource})
+    return entries
+
+
+def decision_bundle(note_id: str, decisions: list[dict], timestamp: str) -> dict:
+    """The Bundle of `decision_entries`, with the generator tag of `bundle_header`."""
+    return {**bundle_header(timestamp), "entry": decision_entries(note_id, decisions)}

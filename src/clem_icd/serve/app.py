@@ -39,6 +39,7 @@ from clem_icd.serve.code_search import CodeIndex
 from clem_icd.serve.contract import BodyLimit, NoTracebacks, error_responses, finish_schema
 from clem_icd.serve.engine import WARM_UP_TEXT, CodingEngine, RequestOptions
 from clem_icd.serve.metrics import ServiceMetrics
+from clem_icd.serve.review_routes import review_router
 from clem_icd.serve.schemas import (
     CodeAnswer,
     CodeRequest,
@@ -328,4 +329,5 @@ def create_app(settings: ServeSettings, load=load_engine) -> FastAPI:
                 metrics.refused.labels("timeout").inc()
                 raise HTTPException(504, f"not coded within {settings.timeout_s:g} s (--timeout)")
 
+    app.include_router(review_router(authorized))
     return app

@@ -4,8 +4,9 @@ against `clem-icd serve` in a subprocess, with the trigger model (its codes come
 Checked: the text reaches the server exactly as pasted or loaded (CRLF, an emoji before the
 evidence, so code point and UTF-16 offsets differ) and is shown exactly so; each highlighted <mark>
 is note[start:end] of the selected code's evidence; review by keyboard alone (accept, reject, a
-highlight selects its code, add a code by search); JSON and FHIR exports; the messages for a
-wrong token, a busy server, too large, a timeout, a truncated note and a code without evidence;
+highlight selects its code, add a code by search); the JSON export (made in the page) and the
+FHIR export (the page's decisions posted to /v1/review/fhir, the server's Bundle downloaded: the
+FHIR mapping is the server's alone); the messages for a wrong token, a busy server, too large, a timeout, a truncated note and a code without evidence;
 axe (no serious or critical WCAG 2.1 A/AA violation); no request to any other host.
 
 Skipped, with the reason, when /usr/bin/chromium or playwright is missing - except under CI=true,
@@ -23,6 +24,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 from trigger_fixture import TRIGGER_CODES, trigger_note
+
+from clem_icd.inference import fhir
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -227,6 +230,21 @@ def axe_check(page) -> None:
     assert not bad, results.generate_report()
 
 
+def export_fhir(page, press) -> tuple[list[dict], dict]:
+    """`press()` exports the FHIR Bundle: (the decisions the page posted, the bundle downloaded),
+    which must be the server's answer to them."""
+    with page.expect_response(lambda r: urlsplit(r.url).path == "/v1/review/fhir") as info:
+        with page.expect_download() as download:
+            press()
+    response = info.value
+    assert response.request.method == "POST" and response.status == 200, response.text()
+    posted = json.loads(response.request.post_data)
+    bundle = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
+    assert bundle == response.json()
+    assert bundle["entry"] == fhir.decision_entries(posted["note_id"], posted["decisions"])
+    return posted["decisions"], bundle
+
+
 def decision_of(page, code: str) -> str:
     return page.get_attribute(f".code-row[data-code='{code}']", "data-decision")
 
@@ -346,9 +364,7 @@ def test_review_by_paste_keyboard_and_export(visit):
     exported = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
     page.keyboard.press("Tab")
     assert active(page)["id"] == "export-fhir"
-    with page.expect_download() as download:
-        page.keyboard.press("Enter")
-    bundle = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
+    posted, bundle = export_fhir(page, lambda: page.keyboard.press("Enter"))
 
     assert exported["note_id"] == "note-1" and exported["model"] == answer["model"]
     assert exported["text_sha256"] == hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -363,6 +379,7 @@ def test_review_by_paste_keyboard_and_export(visit):
             (e["start"], e["end"], e["text"]) for e in codes[code]["evidence"])
     assert decisions[missing]["probability"] is None and decisions[missing]["evidence"] == []
     assert decisions[missing]["system"] == "icd10cm" and decisions[missing]["description"]
+    assert posted == exported["decisions"]  # the server's bundle states the very decisions of the JSON
 
     parsed = fhir_bundle.Bundle(bundle)  # raises on unknown or missing required elements
     assert parsed.type == "collection" and len(parsed.entry) == 3
@@ -482,9 +499,7 @@ def test_messages_token_busy_limits_truncation_no_evidence(visit):
     page.click(".accept[data-code='0DT70ZZ']")
     page.click(".reject[data-code='0DT80ZZ']")
     page.click(".reject[data-code='I10']")
-    with page.expect_download() as download:
-        page.click("#export-fhir")
-    bundle = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
+    _, bundle = export_fhir(page, lambda: page.click("#export-fhir"))
     fhir_bundle.Bundle(bundle)
     resources = {e["resource"]["code"]["coding"][0]["code"]: e["resource"] for e in bundle["entry"]}
     assert {code: (r["resourceType"], r.get("status")) for code, r in resources.items()} == {

@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import func, select
 
 from clem_icd.workbench import users
+from clem_icd.workbench.errors import Conflict, Forbidden, Invalid, NotFound, Stale
 from clem_icd.workbench.models import AuditEvent, Decision, Note, Suggestion
-from clem_icd.workbench.store import Conflict, Forbidden, Invalid, NotFound, Stale, WorkStore
+from clem_icd.workbench.store import WorkStore
 
 SECRET = "Patient Zebediah Quux, 71, admitted with left lower lobe pneumonia"  # a marker never logged
 

@@ -40,6 +40,9 @@ def serve(
                                         "serving this long, then shut down gracefully."),
     cors_origin: list[str] = typer.Option(None, "--cors-origin", help="Allow browser pages from this origin "
                                           "(repeatable). Default: none (CORS off)."),
+    db: str = typer.Option(None, "--db", help="The coding workbench's database (/v1/work: worklist, saved "
+                           "decisions, users, audit log): a SQLite file path or postgresql+psycopg://user@host/db. "
+                           "Create it with `clem-icd db upgrade --db ...`; needs the 'work' extra."),
     device: str = options.DEVICE,
     precision: str = options.PRECISION,
     log_level: str = typer.Option("info", "--log-level", help="critical, error, warning, info or debug. Logs "
@@ -67,5 +70,5 @@ def serve(
         max_pass_tokens=max_pass_tokens,
         max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, queue_size=queue_size,
         timeout_s=timeout, batching=batching, drain_s=drain_seconds, cors_origins=list(cors_origin or []),
-        device=device, precision=precision)
+        device=device, precision=precision, db=db)
     run(settings, log_level)

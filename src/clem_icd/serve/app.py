@@ -38,7 +38,8 @@ from clem_icd.serve.batcher import MicroBatcher, QueueFull
 from clem_icd.serve.code_search import CodeIndex
 from clem_icd.serve.contract import BodyLimit, NoTracebacks, error_responses, finish_schema
 from clem_icd.serve.engine import WARM_UP_TEXT, CodingEngine, RequestOptions
-from clem_icd.serve.metrics import ServiceMetrics
+from clem_icd.serve.metrics import ServiceMetrics, WorkbenchCollector
+from clem_icd.serve.precoder import PreCoder
 from clem_icd.serve.review_routes import review_router
 from clem_icd.serve.schemas import (
     CodeAnswer,
@@ -50,6 +51,7 @@ from clem_icd.serve.schemas import (
     Readiness,
 )
 from clem_icd.serve.settings import ServeSettings
+from clem_icd.serve.work_routes import work_router
 from clem_icd.version import __version__
 
 log = logging.getLogger("clem_icd.serve")
@@ -75,6 +77,8 @@ class ServiceState:
         self.draining = False
         self.failure: str | None = None
         self.last_pass_seconds = 1.0
+        self.precoder = None  # the workbench's (with --db), once the model is ready
+        self.precoding: asyncio.Task | None = None
 
     @property
     def serving(self) -> bool:
@@ -109,6 +113,15 @@ def create_app(settings: ServeSettings, load=load_engine) -> FastAPI:
         state.last_pass_seconds = stats.seconds
         log.info("coded %d note(s) of %d request(s) in %.3f s", stats.notes, stats.requests, stats.seconds)
 
+    # The workbench (--db): checked against the migrations before anything starts.
+    store = None
+    if settings.db is not None:
+        from clem_icd.workbench.db import open_database
+        from clem_icd.workbench.store import WorkStore
+
+        store = WorkStore(open_database(settings.db))
+        registry.register(WorkbenchCollector(store.stats))
+
     batcher = MicroBatcher(run_pass, max_notes=settings.max_batch_notes, max_tokens=settings.max_pass_tokens,
                            max_wait_s=settings.max_wait_ms / 1000, queue_notes=settings.queue_size,
                            batching=settings.batching, on_pass=on_pass)
@@ -130,6 +143,26 @@ def create_app(settings: ServeSettings, load=load_engine) -> FastAPI:
         state.index = CodeIndex(engine.codes, engine.systems, engine.descriptions)
         state.ready = True
         log.info("ready: %d codes, threshold %.3f", len(engine.codes), engine.model.threshold)
+        if store is not None:
+            version = await run_in_threadpool(lambda: engine.model_version)
+            state.precoder = PreCoder(store, precode, model_name=engine.card()["name"], model_version=version,
+                                      batch_notes=settings.max_batch_notes)
+            state.precoding = asyncio.get_running_loop().create_task(state.precoder.run())
+
+    async def precode(texts: list[str]) -> list[dict]:
+        """Queued notes through the batcher, beside the requests (waiting while its queue is full:
+        a busy service is no failure of these notes)."""
+        engine = state.engine
+        options = RequestOptions(explain="attention" if engine.neural else None)
+        prepared, lengths = await run_in_threadpool(engine.prepare, texts)
+        items = list(zip(texts, prepared if prepared is not None else [None] * len(texts)))
+        while True:
+            try:
+                job = batcher.submit(options, items, lengths)
+                break
+            except QueueFull:
+                await asyncio.sleep(0.2)
+        return await job.future
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -138,7 +171,12 @@ def create_app(settings: ServeSettings, load=load_engine) -> FastAPI:
         yield
         state.draining = True
         await asyncio.gather(loading, return_exceptions=True)
+        if state.precoding is not None:  # a pass it started is finished by the batcher, then dropped
+            state.precoding.cancel()
+            await asyncio.gather(state.precoding, return_exceptions=True)
         await batcher.stop()
+        if store is not None:
+            store.db.dispose()
 
     app = FastAPIOffline(
         title="CLEM-ICD", version=__version__, lifespan=lifespan, max_body_size=settings.max_body_bytes,
@@ -330,4 +368,6 @@ def create_app(settings: ServeSettings, load=load_engine) -> FastAPI:
                 raise HTTPException(504, f"not coded within {settings.timeout_s:g} s (--timeout)")
 
     app.include_router(review_router(authorized))
+    if store is not None:
+        app.include_router(work_router(store, lambda: state.precoder and state.precoder.wake()))
     return app

@@ -26,9 +26,25 @@ RETRY_AFTER = {"description": "Seconds to wait before trying again (absent when 
 ERRORS: dict[int, dict] = {
     400: {"description": "A body that cannot be read at all (not UTF-8): FastAPI's answer, before JSON parsing.",
           "examples": {"unreadable": {"detail": "There was an error parsing the body"}}},
-    401: {"description": "Missing or wrong bearer token (only when the service was started with --token-file).",
+    401: {"description": "Missing or wrong bearer token: on /v1/work a user's token (`clem-icd users add`), "
+                         "elsewhere the service's (only when it was started with --token-file).",
           "headers": {"WWW-Authenticate": {"description": "Always `Bearer`.", "schema": {"type": "string"}}},
           "examples": {"unauthorized": {"detail": "missing or wrong bearer token"}}},
+    403: {"description": "The user's role may not do this: only auditors (and admins) audit, only admins "
+                         "manage users, only coders (and admins) code.",
+          "examples": {"role": {"detail": "a coder may not audit a note"}}},
+    404: {"description": "No note with this id (or no user with this name).",
+          "examples": {"note": {"detail": "no note 10001-DS-1"}}},
+    409: {"description": "The note's state does not allow this: claimed by another coder, already submitted, "
+                         "not pre-coded yet; or a note id sent again with another text.",
+          "examples": {"claimed": {"detail": "note 10001-DS-1 is in review by ann"}}},
+    412: {"description": "If-Match names an older version than the note's: someone changed it since it was "
+                         "read. Reload it (GET) and decide again; nothing was saved.",
+          "examples": {"stale": {"detail": "note 10001-DS-1 has changed since version 3 (it is at version 4); "
+                                           "reload it"}}},
+    428: {"description": "If-Match is required: send the ETag of the note as read, so that a save never "
+                         "overwrites a change it has not seen.",
+          "examples": {"missing": {"detail": "If-Match: required (the note's ETag as read)"}}},
     413: {"description": "Too large: a note (--max-chars), the notes of one request (--max-notes) or the "
                          "body (--max-body-bytes).",
           "examples": {"note": {"detail": "notes.0.text: 120000 characters; the limit is 100000 (--max-chars)"},

@@ -5,11 +5,13 @@ Runs in the inference worker's thread; nothing here knows about HTTP."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from clem_icd.data.io import sha256_file
 from clem_icd.errors import ClemError
 from clem_icd.inference.predictor import NotePredictor, PredictOptions
 from clem_icd.version import __version__
@@ -40,6 +42,7 @@ class CodingEngine:
         self.neural = hasattr(model, "tokenizer")
         self._predictors: dict[RequestOptions, object] = {}
         self._card: dict | None = None
+        self._version: str | None = None
         # Requests tokenise in the server's thread pool; one at a time, since a fast tokenizer
         # is not safe to share between threads (transformers may reset its truncation state).
         self._tokenizing = threading.Lock()
@@ -96,6 +99,17 @@ class CodingEngine:
     def score_kind(self) -> str:
         """What the scores of the codes are: "probability" or "rank score" (clem_icd.choice)."""
         return self.model.score_kind
+
+    @property
+    def model_version(self) -> str:
+        """A fingerprint of the model folder's files (names and contents): suggestions name the
+        exact model that made them, and a retrained model in the same folder is another version."""
+        if self._version is None:
+            digest = hashlib.sha256()
+            for path in sorted(p for p in self.model_dir.rglob("*") if p.is_file()):
+                digest.update(f"{path.relative_to(self.model_dir)}\0{sha256_file(path)}\0".encode())
+            self._version = digest.hexdigest()[:16]
+        return self._version
 
     @property
     def max_length(self) -> int | None:

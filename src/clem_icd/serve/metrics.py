@@ -32,3 +32,33 @@ class ServiceMetrics:
         self.batch_requests.observe(stats.requests)
         self.notes_coded.inc(stats.notes)
         self.inference_seconds.observe(stats.seconds)
+
+
+class WorkbenchCollector:
+    """The workbench's counts, read from the database when /metrics is scraped (so every replica
+    reports the same truth): notes per status, and per model version the codes coders accepted,
+    rejected and added, and the acceptance rate. Per code they are in GET /v1/work/stats and
+    `clem-icd work stats`: a label per code would make thousands of series."""
+
+    def __init__(self, stats):
+        self.stats = stats  # () -> WorkStore.stats()
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        stats = self.stats()
+        notes = GaugeMetricFamily("clem_icd_work_notes", "Workbench notes by status.", labels=["status"])
+        for status, count in stats["notes"].items():
+            notes.add_metric([status], count)
+        codes = GaugeMetricFamily("clem_icd_work_codes", "Codes in the notes' latest decisions, by model and "
+                                  "verdict (added: the model's misses; rejected: its false alarms).",
+                                  labels=["model", "model_version", "verdict"])
+        rate = GaugeMetricFamily("clem_icd_work_acceptance_rate", "accepted / (accepted + rejected) of the "
+                                 "suggestions coders judged, by model.", labels=["model", "model_version"])
+        for model in stats["models"]:
+            labels = [model["model_name"], model["model_version"]]
+            for verdict in ("accepted", "rejected", "added"):
+                codes.add_metric([*labels, verdict], model[verdict])
+            if model["acceptance_rate"] is not None:
+                rate.add_metric(labels, model["acceptance_rate"])
+        yield from (notes, codes, rate)

@@ -37,6 +37,7 @@ class ServeSettings:
     device: str = "auto"  # auto: cuda if available, else cpu
     precision: str = "auto"
     cors_origins: list[str] = field(default_factory=list)  # none: no CORS headers (browsers refuse)
+    db: str | None = None  # the workbench database (--db): a SQLite path or a URL; None: no /v1/work
 
     def __post_init__(self) -> None:
         import torch

@@ -134,3 +134,9 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(32))
     note_id: Mapped[str | None] = mapped_column(String(200), index=True)
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+def audit(session, actor, action: str, note_id: str | None, detail: dict) -> None:
+    """One line of the append-only audit log (`actor`: who, None for the service itself): ids,
+    codes, counts and versions, never note text."""
+    session.add(AuditEvent(user_id=actor.id if actor else None, action=action, note_id=note_id, detail=detail))

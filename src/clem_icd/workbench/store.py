@@ -20,7 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from clem_icd.errors import ClemError
+from clem_icd.workbench.errors import Conflict, Forbidden, Invalid, NotFound, Stale
 from clem_icd.workbench.models import (
     STATUSES,
     AuditEvent,
@@ -29,6 +29,7 @@ from clem_icd.workbench.models import (
     Note,
     Suggestion,
     User,
+    audit,
     now,
 )
 from clem_icd.workbench.users import AUDITING, CODING, Actor
@@ -36,34 +37,6 @@ from clem_icd.workbench.users import AUDITING, CODING, Actor
 MAX_ID = 200
 MAX_CODE = 32
 PRECODE_ATTEMPTS = 3  # a note whose pass failed this often waits for an operator (work requeue)
-
-
-class WorkError(ClemError):
-    status = 400
-
-
-class NotFound(WorkError):
-    status = 404
-
-
-class Forbidden(WorkError):
-    status = 403
-
-
-class Conflict(WorkError):
-    """The note is not in a state that allows this (claimed by another, already submitted...)."""
-
-    status = 409
-
-
-class Stale(WorkError):
-    """If-Match names an older version than the note's."""
-
-    status = 412
-
-
-class Invalid(WorkError):
-    status = 422
 
 
 def etag(version: int) -> str:
@@ -78,11 +51,6 @@ def parse_etag(value: str | None) -> int | None:
     if value.startswith('"v') and value.endswith('"') and value[2:-1].isdigit():
         return int(value[2:-1])
     return None
-
-
-def audit(session: Session, actor: Actor | None, action: str, note_id: str | None, detail: dict) -> None:
-    """One line of the append-only audit log: ids, codes, counts and versions, never note text."""
-    session.add(AuditEvent(user_id=actor.id if actor else None, action=action, note_id=note_id, detail=detail))
 
 
 def text_digest(text: str) -> str:
@@ -114,6 +82,8 @@ class WorkStore:
         note_id, text = note.get("id"), note.get("text")
         if not isinstance(note_id, str) or not 1 <= len(note_id) <= MAX_ID:
             raise Invalid(f"notes.{i}.id: a string of 1 to {MAX_ID} characters")
+        if "/" in note_id:  # the id is a segment of the note's URL
+            raise Invalid(f"notes.{i}.id: may not contain '/'")
         if not isinstance(text, str) or not text.strip():
             raise Invalid(f"notes.{i}.text: empty note")
         meta = note.get("meta") or {}

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from clem_icd.errors import ClemError
-from clem_icd.workbench.models import ROLES, User
+from clem_icd.workbench.errors import Conflict, Invalid, NotFound
+from clem_icd.workbench.models import ROLES, User, audit
 
 # What each role may do; an admin may do everything.
 CODING, AUDITING, ADMINISTERING = "code", "audit", "administer"
@@ -41,21 +41,19 @@ def token_hash(token: str) -> str:
 def check_name(name: str) -> str:
     name = name.strip()
     if not 1 <= len(name) <= 100 or any(c.isspace() for c in name):
-        raise ClemError("user name: 1 to 100 characters without spaces")
+        raise Invalid("user name: 1 to 100 characters without spaces")
     return name
 
 
 def add_user(db, name: str, role: str) -> str:
     """Make a user; returns the token (the only time it exists outside the client)."""
-    from clem_icd.workbench.store import audit
-
     name = check_name(name)
     if role not in ROLES:
-        raise ClemError(f"--role must be one of {', '.join(ROLES)}, got '{role}'")
+        raise Invalid(f"--role must be one of {', '.join(ROLES)}, got '{role}'")
     token = secrets.token_urlsafe(32)
     with db.write() as session:
         if session.scalar(select(User.id).where(User.name == name)) is not None:
-            raise ClemError(f"user {name} exists already")
+            raise Conflict(f"user {name} exists already")
         user = User(name=name, role=role, token_hash=token_hash(token), disabled=False)
         session.add(user)
         session.flush()
@@ -71,12 +69,10 @@ def list_users(db) -> list[dict]:
 
 
 def disable_user(db, name: str) -> None:
-    from clem_icd.workbench.store import audit
-
     with db.write() as session:
         user = session.scalar(select(User).where(User.name == name))
         if user is None:
-            raise ClemError(f"no user named {name}")
+            raise NotFound(f"no user named {name}")
         user.disabled = True
         audit(session, None, "user disabled", None, {"user": name})
 

@@ -25,7 +25,19 @@ SEED, EXAMPLES = 23, 150
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_the_service_keeps_its_openapi_contract_under_fuzzing(trigger_model, tmp_path):
-    with ThreadedService(ServeSettings(model=trigger_model, token=TOKEN, max_wait_ms=1)) as url:
+    # With the workbench, whose routes take a user's token: an admin whose token is the
+    # service's, so that one header opens every operation.
+    from clem_icd.workbench.db import Database, upgrade
+    from clem_icd.workbench.models import User
+    from clem_icd.workbench.users import token_hash
+
+    db = Database(tmp_path / "work.db")
+    upgrade(db)
+    with db.write() as session:
+        session.add(User(name="fuzzer", role="admin", token_hash=token_hash(TOKEN), disabled=False))
+    db.dispose()
+    settings = ServeSettings(model=trigger_model, token=TOKEN, max_wait_ms=1, db=str(tmp_path / "work.db"))
+    with ThreadedService(settings) as url:
         schema = httpx.get(f"{url}/openapi.json").json()
         operations = {f"{method.upper()} {path}" for path, methods in schema["paths"].items() for method in methods}
         report = tmp_path / "junit.xml"
@@ -41,5 +53,6 @@ def test_the_service_keeps_its_openapi_contract_under_fuzzing(trigger_model, tmp
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
     cases = ET.parse(report).getroot().iter("testcase")
     tested = {case.get("name") for case in cases if case.find("skipped") is None}
-    assert tested == operations, f"schemathesis did not test {sorted(operations - tested)}"
+    # (Its stateful phase, which chains operations by the links it infers, is one more case.)
+    assert operations <= tested, f"schemathesis did not test {sorted(operations - tested)}"
     assert seconds < 120, f"the fuzzing took {seconds:.0f} s"

@@ -44,7 +44,7 @@ STATUSES = {
     ("get", "/v1/work/stats"): {"200", "401", "500"},
     ("get", "/v1/work/users"): {"200", "401", "403", "500"},
     ("post", "/v1/work/users"): {"201", "400", "401", "403", "409", "422", "500"},
-    ("post", "/v1/work/users/{name}/disable"): {"200", "401", "403", "404", "422", "500"},
+    ("post", "/v1/work/users/{name}/disable"): {"200", "401", "403", "404", "409", "422", "500"},
 }
 # Not API operations: the docs pages and their assets, the schema itself, Prometheus, the page.
 HIDDEN = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/docs-assets", "/metrics", "/", "/static"}

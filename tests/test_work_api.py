@@ -138,6 +138,7 @@ def test_submit_audit_export_and_roles(service):
     assert root.post("/v1/work/users", json={"name": "cy", "role": "coder"}).status_code == 409
     cy = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {made.json()['token']}"})
     assert cy.get("/v1/work/notes").status_code == 200
+    assert root.post("/v1/work/users/root/disable").status_code == 409  # never locked out by oneself
     assert root.post("/v1/work/users/cy/disable").json()["disabled"] is True
     assert cy.get("/v1/work/notes").status_code == 401
     assert httpx.get(f"{url}/v1/work/notes").status_code == 401

@@ -24,6 +24,7 @@ from importlib.resources import files
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -31,12 +32,19 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clem_icd.errors import ClemError
 from clem_icd.inference import fhir
 from clem_icd.serve.batcher import MicroBatcher, QueueFull
 from clem_icd.serve.code_search import CodeIndex
-from clem_icd.serve.contract import BodyLimit, NoTracebacks, error_responses, finish_schema
+from clem_icd.serve.contract import (
+    BodyLimit,
+    NoTracebacks,
+    allowed_methods,
+    error_responses,
+    finish_schema,
+)
 from clem_icd.serve.engine import WARM_UP_TEXT, CodingEngine, RequestOptions
 from clem_icd.serve.metrics import ServiceMetrics, WorkbenchCollector
 from clem_icd.serve.precoder import PreCoder
@@ -207,6 +215,12 @@ def create_app(settings: ServeSettings, load=load_engine) -> FastAPI:
         first = errors[0] if errors else {"loc": ["body"], "msg": "malformed request"}
         return JSONResponse({"detail": f"{'.'.join(first['loc'])}: {first['msg']}", "errors": errors},
                             status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 405:  # Allow: every method of the path, not only one route's
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed_methods(app.routes, request.url.path))}
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

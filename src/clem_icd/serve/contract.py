@@ -98,6 +98,11 @@ def finish_schema(schema: dict, max_notes: int, max_chars: int) -> dict:
             if "422" in responses:  # FastAPI's own, for a route with parameters or a body
                 responses["422"] = _openapi_error(422, error_schema)
             responses.setdefault("500", _openapi_error(500, error_schema))
+            for parameter in operation.get("parameters", []):
+                # If-Match is required: the route answers its absence with 428, not FastAPI's 422,
+                # so the parameter is optional to FastAPI and required in the contract.
+                if parameter["in"] == "header" and parameter["name"].lower() == "if-match":
+                    parameter["required"] = True
     components = schema.get("components", {}).get("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
@@ -151,3 +156,15 @@ class NoTracebacks:
         except Exception:  # noqa: BLE001 - answered and logged (by class) inside
             return
 
+
+
+def allowed_methods(routes, path: str) -> list[str]:
+    """Every method some route serves at `path`. Starlette's 405 names only the methods of the
+    first route whose path matched, and a path may have one route per method (GET and POST
+    /v1/work/notes)."""
+    methods = set()
+    for route in routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(path) and getattr(route, "methods", None):
+            methods |= set(route.methods)
+    return sorted(methods)

@@ -22,6 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from clem_icd.serve.contract import error_responses
 from clem_icd.serve.work_schemas import (
+    STATUS,
     AuditBody,
     DecisionBody,
     Enqueue,
@@ -89,10 +90,11 @@ def work_router(store: WorkStore, on_enqueued: Callable[[], None]) -> APIRouter:
         return result
 
     @router.get("/notes", response_model=Worklist, responses=error_responses(422))
-    def worklist(status: str | None = Query(None, description="queued, pre-coded, in review, coded or audited."),
+    def worklist(status: STATUS | None = Query(None, description="Only notes in this state."),
                  assignee: str | None = Query(None, max_length=100, description="A user's name, or `me`."),
                  limit: int = Query(50, ge=1, le=500),
-                 cursor: str | None = Query(None, max_length=20, description="next_cursor of the page before."),
+                 cursor: str | None = Query(None, pattern=r"^[0-9]{1,18}$",
+                                            description="next_cursor of the page before."),
                  user: users.Actor = Depends(actor)) -> dict:
         """The worklist in queue order, a page at a time (keyset: a page stays the same however
         many notes are added meanwhile)."""
@@ -151,7 +153,9 @@ def work_router(store: WorkStore, on_enqueued: Callable[[], None]) -> APIRouter:
 
     @router.get("/export", response_class=StreamingResponse, responses={
         200: {"description": "jsonl: a record per note; csv: a row per final code; fhir: a FHIR R4 Bundle.",
-              "content": {media: {"schema": {"type": "string"}} for media in MEDIA.values()}},
+              "content": {"application/x-ndjson": {"schema": {"type": "string"}},
+                          "text/csv": {"schema": {"type": "string"}},
+                          "application/fhir+json": {"schema": {"type": "object"}}}},
         **error_responses(403, 422)})
     def export(format: str = Query("jsonl", pattern="^(jsonl|csv|fhir)$"),
                audited_only: bool = Query(False, description="Only audited notes (default: coded and audited)."),
@@ -184,10 +188,12 @@ def work_router(store: WorkStore, on_enqueued: Callable[[], None]) -> APIRouter:
         token = doing(lambda: users.add_user(store.db, body.name, body.role))
         return {"name": body.name, "role": body.role, "token": token}
 
-    @router.post("/users/{name}/disable", response_model=UserView, responses=error_responses(403, 404, 422))
+    @router.post("/users/{name}/disable", response_model=UserView, responses=error_responses(403, 404, 409, 422))
     def disable_user(name: str = Path(..., max_length=100), user: users.Actor = Depends(actor)) -> dict:
         """Refuse the user's token from now on (admins)."""
         _admin(user)
+        if name == user.name:  # the last admin could lock everyone out
+            raise HTTPException(409, "an admin may not disable themselves; another admin can")
         doing(lambda: users.disable_user(store.db, name))
         return next(u for u in users.list_users(store.db) if u["name"] == name)
 

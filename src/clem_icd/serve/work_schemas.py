@@ -8,6 +8,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
+# "Holds a character other than whitespace", with Python's whitespace (str.isspace, which the
+# store's empty-note check uses) spelled out: `\s` means other characters to pydantic's, JSON
+# Schema's and the fuzzer's regular expressions. A pattern matches anywhere in the value.
+PYTHON_WHITESPACE = "".join(chr(c) for c in range(0x3001) if chr(c).isspace())
+NOT_BLANK = f"[^{PYTHON_WHITESPACE}]"  # none of them is special inside a class
 STATUS = Literal["queued", "pre-coded", "in review", "coded", "audited"]
 CODE = Field(min_length=1, max_length=32, examples=["J18.9"])
 
@@ -18,7 +23,7 @@ class WorkNote(BaseModel):
     id: str = Field(min_length=1, max_length=200, pattern=r"^[^/]+$",
                     description="The note's id (a path segment of the note's URL: no '/'). Sending a note "
                                 "again with the same id and text changes nothing.")
-    text: str = Field(min_length=1, description="The note's text.")
+    text: str = Field(pattern=NOT_BLANK, description="The note's text (not only whitespace).")
     meta: dict = Field(default_factory=dict, description="Anything the worklist should show, such as "
                                                          "encounter_date.", examples=[{"encounter_date": "2026-11-30"}])
 
@@ -67,17 +72,17 @@ class DecisionBody(BaseModel):
     accepted: list[str] = Field(default_factory=list, description="Suggested codes the coder confirms.")
     rejected: list[str] = Field(default_factory=list, description="Suggested codes the coder refutes.")
     added: list[AddedCode] = Field(default_factory=list, description="Codes the model did not suggest.")
-    principal_code: str | SkipJsonSchema[None] = Field(default=None, description="One of the accepted or "
-                                                                                 "added codes.")
-    reason: str | SkipJsonSchema[None] = Field(default=None, max_length=2000,
-                                               description="Free text: stored, never logged or audited.")
+    principal_code: str | None = Field(default=None, max_length=32, description="One of the accepted or added "
+                                                                                "codes.")
+    reason: str | None = Field(default=None, max_length=2000, description="Free text: stored, never logged or "
+                                                                          "audited.")
 
 
 class AuditBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     outcome: Literal["approved", "returned"] = Field(description="approved: audited; returned: back to its coder.")
-    decision: DecisionBody | SkipJsonSchema[None] = Field(
+    decision: DecisionBody | None = Field(
         default=None, description="With approved: the auditor's corrections, which become the note's codes.")
 
 

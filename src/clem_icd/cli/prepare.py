@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from clem_icd.cli.work import DB, _workbench
 from clem_icd.data.dataset import Prepared
 from clem_icd.data.mimic import mimic_iii_recipe, mimic_iv_recipe, prepare_mimic
 
@@ -128,6 +129,34 @@ def custom(
     prepared = prepare_custom(input_file, out, columns=columns, code_separator=code_separator,
                               code_system=code_system, seed=seed, d_icd_diagnoses=d_icd_diagnoses,
                               d_icd_procedures=d_icd_procedures, overwrite=overwrite)
+    report(prepared, out)
+
+
+@app.command("feedback")
+def feedback(
+    db: str = DB,
+    out: Path = OUT,
+    audited_only: bool = typer.Option(False, "--audited-only", help="Only audited notes (default: coded and "
+                                      "audited)."),
+    seed: int = typer.Option(42, "--seed", help="Seed of the 80/10/10 split (iterative multi-label "
+                             "stratification on the final codes)."),
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """The workbench's finished notes with their final codes (accepted + added), for `clem-icd train`
+    (`--init-from` a model to continue from). Notes whose text was purged are skipped and counted."""
+    from clem_icd.data.feedback import prepare_feedback
+
+    database = _workbench().open_database(db)  # first: without the 'work' extra, its one-line message
+    from clem_icd.workbench.feedback import finished_notes, source_record
+
+    statuses = ("audited",) if audited_only else ("coded", "audited")
+    prepared = prepare_feedback(finished_notes(database, statuses), out, where=f"--db {database.name}",
+                                database=source_record(database, statuses), options={"audited_only": audited_only},
+                                seed=seed, overwrite=overwrite)
+    purged = prepared.manifest["counts"]["notes_text_purged"]
+    if purged:
+        console.print(f"[yellow]skipped[/] {purged:,} of {prepared.manifest['counts']['notes_finished']:,} "
+                      "finished note(s): their text was purged, so there is nothing to learn from")
     report(prepared, out)
 
 

@@ -86,6 +86,11 @@ export function describeError(err, maxChars = null) {
 /** A request to the service (a path relative to the page) with the token; the JSON answer, or
  *  an ApiError. `options`: method, headers, body, timeoutMs. */
 export async function api(path, options = {}) {
+  return (await apiResponse(path, options)).body;
+}
+
+/** As api(), answering {body, headers}: the workbench needs the ETag a note was read with. */
+export async function apiResponse(path, options = {}) {
   const headers = new Headers(options.headers || {});
   headers.set("Accept", "application/json");
   const token = el.token.value.trim();
@@ -122,7 +127,7 @@ export async function api(path, options = {}) {
   if (!response.ok) {
     throw new ApiError(response.status, detailText(body), response.headers.get("Retry-After"));
   }
-  return body;
+  return { body, headers: response.headers };
 }
 
 /** JSON in a POST body. */

@@ -9,7 +9,8 @@
  * model card), offsets (code points, UTF-16, line endings), note (the note being written),
  * coding (POST /v1/code), review (codes, decisions, selection, keyboard), codes (the code
  * list's rows), highlight (the coded text with its evidence), search (adding a code), export
- * (JSON here, FHIR by the server), sha256, format. This one wires them together.
+ * (JSON here, FHIR by the server), sha256, format, and with a workbench (serve --db) worklist
+ * and workbench (notes read from and saved to the server). This one wires them together.
  */
 
 import { restoreToken, storeToken } from "./api.js";
@@ -21,10 +22,12 @@ import { loadModelInfo, onModelLoaded } from "./model.js";
 import { onNoteChange, updateNoteStats, wireNoteInput } from "./note.js";
 import { updateWarnings, wireReview } from "./review.js";
 import { wireSearch } from "./search.js";
+import { connectWorkbench, wireWorkbench } from "./workbench.js";
 
 function reconnect() {
   storeToken();
   loadModelInfo();
+  connectWorkbench();
 }
 
 restoreToken();
@@ -43,4 +46,6 @@ wireReview();
 wireEvidenceList();
 wireSearch();
 wireExport();
+wireWorkbench();
 loadModelInfo();
+connectWorkbench();

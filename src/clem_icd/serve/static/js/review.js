@@ -17,6 +17,16 @@ import { noteText } from "./note.js";
 import { codePointTable, convertEvidence } from "./offsets.js";
 
 let review = null;
+const decisionListeners = [];
+
+/** `listener()` runs after each decision the coder makes (accept, reject, add, remove). */
+export function onDecisionChange(listener) {
+  decisionListeners.push(listener);
+}
+
+function decisionChanged() {
+  for (const listener of decisionListeners) listener();
+}
 
 /** The review, or null before the first note is coded. */
 export const currentReview = () => review;
@@ -35,8 +45,9 @@ function redraw() {
   renderEvidencePanel(selectedItem());
 }
 
-/** A new review of `text` (exactly as sent) from the server's `result` for it. */
-export function startReview(text, noteId, modelInfo, result, explain) {
+/** A new review of `text` (exactly as sent) from the server's `result` for it. `fromEditor`:
+ *  false for a note read from the workbench, which the editor never held. */
+export function startReview(text, noteId, modelInfo, result, explain, { fromEditor = true } = {}) {
   const replaced = review ? decidedItems().length : 0;
   const table = codePointTable(text);
   const counts = { bad: 0 };
@@ -60,6 +71,7 @@ export function startReview(text, noteId, modelInfo, result, explain) {
     items,
     selected: null,
     nextRow: items.length,
+    fromEditor,
   };
   el.review.hidden = false;
   renderCodeList(review.items, review.selected);
@@ -101,7 +113,7 @@ export function updateWarnings() {
     add(`${review.badSpans} evidence passage${review.badSpans === 1 ? " does" : "s do"} not match the text `
       + "and could not be shown.");
   }
-  if (noteText() !== review.text) {
+  if (review.fromEditor && noteText() !== review.text) {
     add("The note in the editor has changed since it was coded. This review is of the text below; "
       + "code the note again to review the new text.");
   }
@@ -115,6 +127,7 @@ function decide(item, decision) {
   updateSummary(review.items);
   const words = { accepted: "accepted", rejected: "rejected", undecided: "back to undecided" };
   announce(`${item.code} ${words[item.decision]}.`);
+  decisionChanged();
 }
 
 function removeAdded(item) {
@@ -126,6 +139,7 @@ function removeAdded(item) {
   updateSummary(review.items);
   redraw();
   announce(`${item.code} removed.`);
+  decisionChanged();
   const target = next ? next.querySelector(".code-select") : el.codeSearch;
   target.focus();
 }
@@ -140,6 +154,7 @@ export function addCode(code) {
       updateRow(existing, review.selected);
       updateSummary(review.items);
       announce(`${code.code} was already suggested; it is now accepted.`);
+      decisionChanged();
     } else {
       announce(`${code.code} is already in the list (${existing.decision}).`);
     }
@@ -162,6 +177,46 @@ export function addCode(code) {
   updateSummary(review.items);
   renderNote(review.text, review.items, selectedItem());
   announce(`${item.code} added.`);
+  decisionChanged();
+}
+
+/** Puts a saved decision ({accepted, rejected, added: [{code, system}]}) back on the review;
+ *  a code it names that the review lacks is added as the coder's. */
+export function applyDecision(decision) {
+  if (!review || !decision) return;
+  const verdicts = new Map();
+  for (const code of decision.accepted || []) verdicts.set(String(code), "accepted");
+  for (const code of decision.rejected || []) verdicts.set(String(code), "rejected");
+  for (const item of review.items) {
+    if (verdicts.has(item.code)) item.decision = verdicts.get(item.code);
+  }
+  for (const added of decision.added || []) {
+    if (findItem(String(added.code))) continue;
+    review.items.push({
+      code: String(added.code),
+      system: added.system ? String(added.system) : "icd10cm",
+      description: added.description ? String(added.description) : "",
+      probability: null,
+      score: null,
+      evidence: [],
+      decision: "added",
+      source: "coder",
+      row: review.nextRow,
+    });
+    review.nextRow += 1;
+  }
+  renderCodeList(review.items, review.selected);
+  redraw();
+}
+
+/** The review's decisions as the workbench stores them (undecided codes are left out). */
+export function decisionBody() {
+  const pick = (decision) => review.items.filter((item) => item.decision === decision);
+  return {
+    accepted: pick("accepted").map((item) => item.code),
+    rejected: pick("rejected").map((item) => item.code),
+    added: pick("added").map((item) => ({ code: item.code, system: item.system })),
+  };
 }
 
 /* ------------------------------------------------------------ selection */

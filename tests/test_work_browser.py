@@ -12,13 +12,13 @@ except under CI=true."""
 
 from __future__ import annotations
 
-import time
 from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 import pytest
 import test_serve_browser as sb
+from test_work_api import wait_for
 from trigger_fixture import trigger_note
 
 
@@ -29,14 +29,6 @@ def work_notes(ids: list[str], seed: int) -> list[dict]:
             for i, note_id in enumerate(ids)]
 
 
-def wait_for(predicate, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("not within the time")
 
 
 @pytest.fixture(scope="module")

@@ -160,6 +160,17 @@ export function addCode(code) {
     }
     return;
   }
+  const item = addedItem(code);
+  review.items.push(item);
+  el.codeList.append(codeRow(item, item.row, review.selected));
+  updateSummary(review.items);
+  renderNote(review.text, review.items, selectedItem());
+  announce(`${item.code} added.`);
+  decisionChanged();
+}
+
+/** A code the coder added ({code, system, description}), with the review's next row id. */
+function addedItem(code) {
   const item = {
     code: String(code.code),
     system: code.system ? String(code.system) : "icd10cm",
@@ -172,12 +183,7 @@ export function addCode(code) {
     row: review.nextRow,
   };
   review.nextRow += 1;
-  review.items.push(item);
-  el.codeList.append(codeRow(item, item.row, review.selected));
-  updateSummary(review.items);
-  renderNote(review.text, review.items, selectedItem());
-  announce(`${item.code} added.`);
-  decisionChanged();
+  return item;
 }
 
 /** Puts a saved decision ({accepted, rejected, added: [{code, system}]}) back on the review;
@@ -192,18 +198,7 @@ export function applyDecision(decision) {
   }
   for (const added of decision.added || []) {
     if (findItem(String(added.code))) continue;
-    review.items.push({
-      code: String(added.code),
-      system: added.system ? String(added.system) : "icd10cm",
-      description: added.description ? String(added.description) : "",
-      probability: null,
-      score: null,
-      evidence: [],
-      decision: "added",
-      source: "coder",
-      row: review.nextRow,
-    });
-    review.nextRow += 1;
+    review.items.push(addedItem(added));
   }
   renderCodeList(review.items, review.selected);
   redraw();
